@@ -1,0 +1,230 @@
+"""Generic tests over every registered SP model (timm ``tests/test_models.py`` style), plus the
+per-stage settings and the vanilla equivalence."""
+from __future__ import annotations
+
+import pytest
+import safetensors.torch
+import timm
+import torch
+from test_spconv import randomize_bn
+from timm.models.resnet import BasicBlock, Bottleneck
+from timm.utils.model import reparameterize_model
+from torch import nn
+
+import timm_plugins
+from spsearch import SPConv2d
+from spsearch.ops import fold_batchnorms
+
+SP_MODELS = timm_plugins.list_sp_models()
+CIFAR_MODELS = {'sp_resnet20', 'sp_resnet56', 'sp_resnet110', 'sp_vgg16_cifar'}
+BIG_MODELS = {'sp_resnet101', 'sp_resnet152', 'sp_wide_resnet50_2'}
+
+
+def small_input_size(name: str) -> tuple[int, int, int]:
+    return (3, 32, 32) if name in CIFAR_MODELS else (3, 64, 64)
+
+
+def test_registry_lists_exactly_our_models():
+    assert SP_MODELS == sorted(SP_MODELS, key=SP_MODELS.index)
+    assert set(SP_MODELS) == {
+        'sp_resnet18', 'sp_resnet34', 'sp_resnet50', 'sp_resnet101', 'sp_resnet152', 'sp_resnext50_32x4d',
+        'sp_wide_resnet50_2', 'sp_resnet20', 'sp_resnet56', 'sp_resnet110', 'sp_vgg16_cifar'}
+    assert 'spnasnet_100' not in SP_MODELS
+
+
+@pytest.mark.parametrize('name', SP_MODELS)
+def test_default_cfg(name):
+    model = timm.create_model(name)
+    cfg = model.pretrained_cfg
+    assert cfg['tag'] == 'untrained'
+    assert timm.models.get_pretrained_cfg(f'{name}.untrained') is not None
+    assert cfg['num_classes'] == model.num_classes
+    assert cfg['input_size'] == ((3, 32, 32) if name in CIFAR_MODELS else (3, 224, 224))
+    first_conv = model.get_submodule(cfg['first_conv'])
+    assert isinstance(first_conv, nn.Conv2d) and first_conv.in_channels == 3
+    assert model.get_submodule(cfg['classifier']) is model.get_classifier()
+    n_sp = sum(isinstance(m, SPConv2d) for m in model.modules())
+    assert n_sp > 0
+    with pytest.raises(RuntimeError, match='No pretrained weights'):
+        timm.create_model(name, pretrained=True)
+
+
+@pytest.mark.parametrize('name', SP_MODELS)
+def test_forward_backward_every_parameter_gets_a_gradient(name):
+    torch.manual_seed(0)
+    # zero-initialised last norms would (correctly) stop the gradient to the convs before them
+    model = timm.create_model(name, **({} if 'vgg' in name else dict(zero_init_last=False)))
+    x = torch.randn(2, *small_input_size(name))
+    out = model(x)
+    assert out.shape == (2, model.num_classes)
+    assert torch.isfinite(out).all()
+    out.square().mean().backward()
+    for pname, p in model.named_parameters():
+        assert p.grad is not None, pname
+        if pname.endswith('conv1x1.bias'):
+            continue  # a bias right before a training-mode BN is cancelled by it (reference layout)
+        assert p.grad.abs().sum() > 0, pname
+
+
+@pytest.mark.parametrize('name', SP_MODELS)
+def test_features_only(name):
+    model = timm.create_model(name)
+    info = model.feature_info
+    out_indices = tuple(range(len(info)))[-3:]
+    features = timm.create_model(name, features_only=True, out_indices=out_indices)
+    c, h, w = small_input_size(name)
+    outs = features(torch.randn(2, c, h, w))
+    assert len(outs) == len(out_indices)
+    for o, i in zip(outs, out_indices, strict=True):
+        assert o.shape[1] == info[i]['num_chs']
+        assert o.shape[2] == -(-h // info[i]['reduction'])
+    assert features.feature_info.channels() == [info[i]['num_chs'] for i in out_indices]
+
+
+@pytest.mark.parametrize('name', SP_MODELS)
+def test_forward_features_head_and_classifier_reset(name):
+    model = timm.create_model(name, num_classes=7).eval()
+    x = torch.randn(2, *small_input_size(name))
+    with torch.no_grad():
+        logits = model(x)
+        assert logits.shape == (2, 7)
+        torch.testing.assert_close(model.forward_head(model.forward_features(x)), logits)
+        pre = model.forward_head(model.forward_features(x), pre_logits=True)
+        assert pre.shape == (2, model.head_hidden_size)
+        model.reset_classifier(3)
+        assert model(x).shape == (2, 3)
+        model.reset_classifier(0)
+        assert model(x).shape == (2, model.head_hidden_size)
+
+
+@pytest.mark.parametrize('name', SP_MODELS)
+def test_fuse_equivalence(name):
+    torch.manual_seed(0)
+    model = timm.create_model(name).eval()
+    randomize_bn(model)
+    x = torch.randn(2, *small_input_size(name))
+    with torch.no_grad():
+        ref = model(x)
+        fused = reparameterize_model(model)
+        folded = fold_batchnorms(model)
+        assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+        tol = 1e-5 * ref.abs().max()
+        assert (fused(x) - ref).abs().max() <= tol
+        assert (folded(x) - ref).abs().max() <= 2 * tol
+
+
+@pytest.mark.parametrize('name', SP_MODELS)
+def test_checkpoint_round_trip_through_pretrained_cfg_overlay(name, tmp_path):
+    kwargs = dict(sp_alpha=0.25, sp_groups=4) if name != 'sp_resnext50_32x4d' else dict(sp_alpha=0.25)
+    src = timm.create_model(name, **kwargs)
+    randomize_bn(src)
+    state = src.state_dict()
+    if name in BIG_MODELS:
+        files = [tmp_path / 'model.safetensors']
+    else:
+        files = [tmp_path / 'model.safetensors', tmp_path / 'model.pth']
+    safetensors.torch.save_file({k: v.contiguous() for k, v in state.items()}, str(files[0]))
+    if len(files) > 1:
+        torch.save(state, files[1])
+    for f in files:
+        dst = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(f)), **kwargs)
+        for k, v in dst.state_dict().items():
+            torch.testing.assert_close(v, state[k], rtol=0, atol=0, msg=f'{f.suffix}: {k}')
+
+
+def test_pretrained_with_new_num_classes_keeps_backbone(tmp_path):
+    src = timm.create_model('sp_resnet20')
+    path = tmp_path / 'w.safetensors'
+    safetensors.torch.save_file(src.state_dict(), str(path))
+    dst = timm.create_model('sp_resnet20', pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), num_classes=4)
+    assert dst.fc.out_features == 4
+    torch.testing.assert_close(dst.layer3[2].conv2.gwc.weight, src.layer3[2].conv2.gwc.weight)
+
+
+@pytest.mark.parametrize('name,timm_name', [('sp_resnet50', 'resnet50'), ('sp_resnet18', 'resnet18'),
+                                            ('sp_resnext50_32x4d', 'resnext50_32x4d')])
+def test_vanilla_is_exactly_timm_model(name, timm_name):
+    torch.manual_seed(0)
+    ours = timm.create_model(name, sp_alpha='vanilla').eval()
+    torch.manual_seed(0)
+    theirs = timm.create_model(timm_name).eval()
+    assert not any(isinstance(m, SPConv2d) for m in ours.modules())
+    a, b = ours.state_dict(), theirs.state_dict()
+    assert list(a) == list(b)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(ours(x), theirs(x))
+
+
+def test_cifar_vanilla_resnet20_layout():
+    model = timm.create_model('sp_resnet20', sp_alpha='vanilla')
+    assert sum(p.numel() for p in model.parameters()) == 272_474
+    assert model.conv1.kernel_size == (3, 3) and model.conv1.stride == (1, 1)
+    assert isinstance(model.maxpool, nn.Identity)
+    assert [b.conv1.out_channels for b in model.layer1] == [16] * 3
+    assert isinstance(model.layer2[0].downsample[0], nn.Conv2d)  # 1x1 projection shortcut
+    assert [i['reduction'] for i in model.feature_info] == [1, 1, 2, 4]
+
+
+@pytest.mark.parametrize('value,expected', [
+    ('vanilla', (None,) * 4),
+    ((0.5, 'vanilla', None, 0.25), (0.5, None, None, 0.25)),
+    ('(1/2, vanilla, 0.25, 1/8)', (0.5, None, 0.25, 0.125)),
+    ('0.5,0.25,0.25,1', (0.5, 0.25, 0.25, 1.0)),
+    ('1/4', (0.25,) * 4),
+    (0.125, (0.125,) * 4),
+])
+def test_per_stage_alpha(value, expected):
+    model = timm.create_model('sp_resnet50', sp_alpha=value, sp_groups=(1, 2, 4, 8))
+    stages = [model.layer1, model.layer2, model.layer3, model.layer4]
+    for stage, alpha, groups in zip(stages, expected, (1, 2, 4, 8), strict=True):
+        for block in stage:
+            if alpha is None:
+                assert type(block) is Bottleneck and isinstance(block.conv2, nn.Conv2d)
+            else:
+                assert isinstance(block.conv2, SPConv2d)
+                assert (block.conv2.alpha, block.conv2.groups) == (alpha, groups)
+
+
+def test_per_stage_on_basic_and_vgg():
+    r20 = timm.create_model('sp_resnet20', sp_alpha=('vanilla', 0.5, 0.25))
+    assert type(r20.layer1[0]) is BasicBlock
+    assert isinstance(r20.layer2[0].conv1, SPConv2d) and isinstance(r20.layer2[0].conv2, SPConv2d)
+    assert r20.layer3[1].conv2.alpha == 0.25
+    vgg = timm.create_model('sp_vgg16_cifar', sp_alpha=(0.5, 'vanilla', 0.25, 0.125, 1 / 16))
+    convs = [m for m in vgg.features if isinstance(m, (nn.Conv2d, SPConv2d))]
+    assert len(convs) == 13
+    assert type(convs[0]) is nn.Conv2d and convs[0].bias is not None  # first conv vanilla, with bias
+    assert isinstance(convs[1], SPConv2d) and convs[1].alpha == 0.5
+    assert all(type(c) is nn.Conv2d for c in convs[2:4])
+    assert [c.alpha for c in convs[4:7]] == [0.25] * 3
+    assert [c.alpha for c in convs[10:13]] == [1 / 16] * 3
+
+
+@pytest.mark.parametrize('kwargs,match', [
+    (dict(sp_alpha=(0.5, 0.5)), 'sp_alpha has 2 entries but the model has 4 stages'),
+    (dict(sp_alpha=0), 'sp_alpha=0 is out of range'),
+    (dict(sp_alpha=(0.5, 2, 0.5, 0.5)), r'sp_alpha\[1\]=2 is out of range'),
+    (dict(sp_alpha='half'), 'not a split ratio'),
+    (dict(sp_groups=0), 'sp_groups=0 is invalid'),
+    (dict(sp_groups=(2, 2, 2, 'x')), r'sp_groups\[3\]'),
+    (dict(sp_groups=3), 'divisible by groups=3'),
+])
+def test_bad_stage_settings_raise_value_error(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        timm.create_model('sp_resnet50', **kwargs)
+
+
+def test_in_chans_and_grayscale():
+    model = timm.create_model('sp_resnet20', in_chans=1, num_classes=10)
+    assert model(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+
+
+def test_reference_checkpoint_key_names():
+    """The reference code's SP-ResNet names (torchvision layout + SPConv_3x3 submodules) are ours."""
+    keys = set(timm.create_model('sp_resnet50').state_dict())
+    for k in ['conv1.weight', 'layer1.0.conv2.gwc.weight', 'layer1.0.conv2.pwc.weight', 'layer1.0.conv2.conv1x1.bias',
+              'layer2.0.conv2.bn1.running_var', 'layer4.2.conv2.bn2.weight', 'layer2.0.downsample.0.weight', 'fc.bias']:
+        assert k in keys, k
