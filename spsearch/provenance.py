@@ -1,0 +1,115 @@
+"""Provenance of a result: the command, the commit, the machine and the library versions.
+
+Every file under ``results/`` and every run summary carries this, so a number can be traced to
+what produced it and where.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import shlex
+import subprocess
+import sys
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+__all__ = ['command_line', 'git_commit', 'machine', 'markdown_header', 'provenance', 'versions']
+
+_PACKAGES = ('torch', 'timm', 'thop', 'optuna', 'accelerate', 'nvidia-dali-cuda130', 'nvidia-dali-cuda120')
+_ROOT = Path(__file__).resolve().parent.parent
+
+
+def command_line(argv: list[str] | None = None) -> str:
+    """The command that is running, as a copy-pasteable shell line."""
+    argv = list(sys.argv if argv is None else argv)
+    if argv and argv[0].endswith('.py'):
+        argv[0] = os.path.relpath(argv[0]) if os.path.isabs(argv[0]) else argv[0]
+        return 'python ' + shlex.join(argv)
+    return shlex.join(argv)
+
+
+def git_commit() -> str:
+    """``HEAD``'s hash, with ``+dirty`` when tracked files differ from it; ``unknown`` outside git."""
+    def run(*args: str) -> str:
+        done = subprocess.run(['git', *args], cwd=_ROOT, capture_output=True, text=True, timeout=10)
+        if done.returncode:
+            raise subprocess.SubprocessError(done.stderr)
+        return done.stdout.strip()
+    try:
+        commit = run('rev-parse', '--verify', 'HEAD')
+        dirty = run('status', '--porcelain', '--untracked-files=no')
+    except (OSError, subprocess.SubprocessError):
+        return 'unknown'
+    return commit + ('+dirty' if dirty else '')
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path('/proc/cpuinfo').read_text().splitlines():
+            if line.startswith('model name'):
+                return line.split(':', 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine() -> dict[str, Any]:
+    """CPU model and usable cores, memory, and the GPU when torch sees one."""
+    info: dict[str, Any] = {
+        'cpu': _cpu_name(),
+        'cores': len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count(),
+        'os': platform.platform(),
+    }
+    try:
+        pages, page_size = os.sysconf('SC_PHYS_PAGES'), os.sysconf('SC_PAGE_SIZE')
+        info['memory_gib'] = round(pages * page_size / 2 ** 30, 1)
+    except (ValueError, OSError, AttributeError):
+        pass
+    try:
+        import torch
+        if torch.cuda.is_available():
+            info['gpu'] = torch.cuda.get_device_name(0)
+            info['gpu_count'] = torch.cuda.device_count()
+    except ImportError:
+        pass
+    return info
+
+
+def versions() -> dict[str, str]:
+    """Python and the installed versions of the libraries results depend on."""
+    found = {'python': platform.python_version()}
+    for name in _PACKAGES:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return found
+
+
+def provenance(argv: list[str] | None = None) -> dict[str, Any]:
+    """Everything above plus a UTC timestamp, as one dict."""
+    return {
+        'command': command_line(argv),
+        'commit': git_commit(),
+        'date': datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC'),
+        'machine': machine(),
+        'versions': versions(),
+    }
+
+
+def markdown_header(title: str, prov: dict[str, Any] | None = None) -> str:
+    """A results-file header: title, then command, commit, date, machine and versions."""
+    prov = prov or provenance()
+    m = prov['machine']
+    machine_line = f"{m['cpu']}, {m['cores']} cores" + (f", {m['memory_gib']} GiB" if 'memory_gib' in m else '')
+    if 'gpu' in m:
+        machine_line += f", GPU: {m['gpu']}"
+    vers = ', '.join(f'{k} {v}' for k, v in prov['versions'].items())
+    return (f'# {title}\n\n'
+            f'- Command: `{prov["command"]}`\n'
+            f'- Commit: `{prov["commit"]}`\n'
+            f'- Date: {prov["date"]}\n'
+            f'- Machine: {machine_line}\n'
+            f'- Versions: {vers}\n')
