@@ -1,0 +1,264 @@
+#!/usr/bin/env python3
+"""Benchmark a model against a baseline, measured interleaved in one run (timm ``benchmark.py`` style).
+
+Example:
+    python benchmark.py --model sp_resnet50 --model-kwargs sp_alpha=0.5 --baseline resnet50 \\
+        --batch-size 1 16 --device cpu --bench inference --channels-last --fused both
+
+For every condition (bench mode x batch size x fused) it prints images/s, the median latency
+and its quartiles, the peak memory of one step, and the ratios model/baseline. ``ratio`` is the
+latency ratio (below 1 = the model is faster); ``throughput_ratio`` its inverse. Both models are
+timed in the same process, one step of each in turn (``spsearch.cost.latency``). A row per
+condition is appended to ``<csv-dir>/<condition>.csv``; ``--json`` prints one JSON object per
+condition; ``--report FILE`` appends a markdown section with provenance.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+import yaml
+
+import timm_plugins  # noqa: F401  (registers the SP models)
+from spsearch.cli import CliError, parse_kwargs, run_cli
+from spsearch.cost import UnsupportedModuleError, analytic_count
+from spsearch.cost.latency import make_step, peak_memory_mb, prepare_model, summarize, time_interleaved
+from spsearch.io import atomic_write_text
+from spsearch.provenance import markdown_header, provenance
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split('\n\n')[0], epilog=__doc__.split('\n\n', 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    group = parser.add_argument_group('models')
+    group.add_argument('--model', default='sp_resnet50', help='timm model name (SP models are registered)')
+    group.add_argument('--model-kwargs', nargs='*', default=[], metavar='K=V',
+                       help='keyword arguments for timm.create_model, e.g. sp_alpha=0.5 sp_groups=(2,2,4,8)')
+    group.add_argument('--baseline', default='resnet50', help='timm model to compare against ("none" to skip)')
+    group.add_argument('--baseline-kwargs', nargs='*', default=[], metavar='K=V')
+    group.add_argument('--num-classes', type=int, default=None, help='classifier size (default: the model\'s)')
+    group = parser.add_argument_group('conditions')
+    group.add_argument('--bench', choices=['inference', 'train', 'both'], default='inference')
+    group.add_argument('--batch-size', type=int, nargs='+', default=[16])
+    group.add_argument('--img-size', type=int, default=None, help='input resolution (default: the model\'s)')
+    group.add_argument('--device', default='cpu', help='cpu, cuda or cuda:N')
+    group.add_argument('--amp', choices=['no', 'bf16', 'fp16'], default='no', help='autocast dtype')
+    group.add_argument('--channels-last', action='store_true')
+    group.add_argument('--compile', action='store_true', help='torch.compile both models')
+    group.add_argument('--fused', nargs='?', const='yes', default='no', choices=['no', 'yes', 'both'],
+                       help='inference with every BN folded (both models); "both" measures folded and not')
+    group.add_argument('--threads', type=int, default=None, help='torch CPU threads (default: usable cores)')
+    group = parser.add_argument_group('protocol and output')
+    group.add_argument('--warmup', type=int, default=3)
+    group.add_argument('--repeats', type=int, default=10)
+    group.add_argument('--no-memory', action='store_true', help='skip the peak-memory probes')
+    group.add_argument('--json', action='store_true', help='print one JSON object per condition')
+    group.add_argument('--csv-dir', default='runs/bench', help='folder of the per-condition CSV files')
+    group.add_argument('--report', default=None, metavar='FILE', help='append a markdown section to FILE')
+    group.add_argument('--report-title', default=None)
+    group.add_argument('--memory-probe', default=None, help=argparse.SUPPRESS)
+    return parser
+
+
+def create(name: str, kwargs: dict[str, Any], num_classes: int | None) -> torch.nn.Module:
+    if name not in timm.list_models() and name.split('.')[0] not in timm.list_models():
+        raise CliError(f'unknown model {name!r}; see timm.list_models() or timm_plugins.list_sp_models()')
+    extra = {'num_classes': num_classes} if num_classes is not None else {}
+    try:
+        return timm.create_model(name, **kwargs, **extra)
+    except (ValueError, TypeError) as e:
+        raise CliError(f'cannot build {name} with {kwargs}: {e}') from None
+
+
+def condition_name(c: dict[str, Any]) -> str:
+    parts = [c['bench'], c['device'].replace(':', ''), f"bs{c['batch_size']}", c['amp'] if c['amp'] != 'no' else 'fp32']
+    parts += [tag for tag, on in (('cl', c['channels_last']), ('fused', c['fused']), ('compiled', c['compile'])) if on]
+    return '_'.join(parts)
+
+
+def probe_memory(spec: dict[str, Any]) -> float | None:
+    """Peak memory of the first step in a fresh process (see ``peak_memory_mb``); None on failure."""
+    if torch.device(spec['device']).type == 'cuda':
+        return _memory_in_this_process(spec)
+    env = {**os.environ, 'PYTHONWARNINGS': 'ignore'}
+    done = subprocess.run([sys.executable, __file__, '--memory-probe', json.dumps(spec)],
+                          capture_output=True, text=True, env=env)
+    if done.returncode:
+        print(f'warning: memory probe for {spec["model"]} failed: {done.stderr.strip().splitlines()[-1:]}',
+              file=sys.stderr)
+        return None
+    return json.loads(done.stdout.strip().splitlines()[-1])['peak_mem_mb']
+
+
+def _memory_in_this_process(spec: dict[str, Any]) -> float | None:
+    if spec.get('threads'):
+        torch.set_num_threads(spec['threads'])
+    device = torch.device(spec['device'])
+    model = prepare_model(
+        timm.create_model(spec['model'], **spec['kwargs']), device, train=spec['train'], fused=spec['fused'],
+        channels_last=spec['channels_last'], compile=spec['compile'])
+    x = torch.randn(spec['batch_size'], *spec['input_size'], device=device)
+    if spec['channels_last']:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return peak_memory_mb(make_step(model, x, train=spec['train'], amp=spec['amp']), device)
+
+
+def macs_of(model: torch.nn.Module, input_size: tuple[int, int, int]) -> int | None:
+    try:
+        return analytic_count(model, input_size).macs
+    except UnsupportedModuleError:
+        return None
+
+
+def run_condition(models: dict[str, torch.nn.Module], specs: dict[str, dict[str, Any]], cond: dict[str, Any],
+                  args: argparse.Namespace) -> dict[str, Any]:
+    device = torch.device(cond['device'])
+    train = cond['bench'] == 'train'
+    input_size = cond['input_size']
+    steps = {}
+    for role, model in models.items():
+        prepared = prepare_model(model, device, train=train, fused=cond['fused'],
+                                 channels_last=cond['channels_last'], compile=cond['compile'])
+        x = torch.randn(cond['batch_size'], *input_size, device=device)
+        if cond['channels_last']:
+            x = x.contiguous(memory_format=torch.channels_last)
+        steps[role] = make_step(prepared, x, train=train, amp=cond['amp'])
+    times = time_interleaved(steps, device, args.warmup, args.repeats)
+    stats = {role: summarize(t, cond['batch_size']) for role, t in times.items()}
+    memory: dict[str, float | None] = {role: None for role in models}
+    if not args.no_memory:
+        for role in models:
+            memory[role] = probe_memory({**specs[role], **{k: cond[k] for k in (
+                'device', 'batch_size', 'input_size', 'fused', 'channels_last', 'compile', 'amp')},
+                'train': train, 'threads': args.threads})
+    row: dict[str, Any] = {
+        'condition': condition_name(cond), **{k: cond[k] for k in (
+            'bench', 'device', 'batch_size', 'amp', 'channels_last', 'fused', 'compile')},
+        'img_size': input_size[-1], 'threads': torch.get_num_threads(),
+        'model': specs['model']['label'], 'latency_ms': stats['model'].median_ms,
+        'latency_p25_ms': stats['model'].p25_ms, 'latency_p75_ms': stats['model'].p75_ms,
+        'images_per_s': stats['model'].images_per_s, 'peak_mem_mb': memory['model'],
+        'gmacs': (macs_of(models['model'], input_size) or 0) / 1e9 or None,
+        'baseline': specs['baseline']['label'] if 'baseline' in models else None,
+        'repeats': args.repeats,
+    }
+    if 'baseline' in models:
+        base = stats['baseline']
+        row.update({
+            'baseline_latency_ms': base.median_ms, 'baseline_latency_p25_ms': base.p25_ms,
+            'baseline_latency_p75_ms': base.p75_ms, 'baseline_images_per_s': base.images_per_s,
+            'baseline_peak_mem_mb': memory['baseline'],
+            'baseline_gmacs': (macs_of(models['baseline'], input_size) or 0) / 1e9 or None,
+            'ratio': stats['model'].median_ms / base.median_ms,
+            'throughput_ratio': base.median_ms / stats['model'].median_ms,
+            'memory_ratio': (memory['model'] / memory['baseline']
+                             if memory['model'] and memory['baseline'] else None),
+        })
+        row['macs_ratio'] = row['gmacs'] / row['baseline_gmacs'] if row['gmacs'] and row['baseline_gmacs'] else None
+    return row
+
+
+def append_csv(path: Path, row: dict[str, Any]) -> None:
+    existing = path.read_text() if path.exists() else ''
+    buf = io.StringIO()
+    fields = list(row)
+    writer = csv.DictWriter(buf, fieldnames=fields, extrasaction='ignore')
+    if not existing:
+        writer.writeheader()
+    writer.writerow(row)
+    atomic_write_text(path, existing + buf.getvalue())
+
+
+def fmt(v: Any, spec: str = '.2f') -> str:
+    return '-' if v is None else format(v, spec)
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    head = ('| condition | model | img/s | latency ms (p25-p75) | peak MiB | baseline | img/s | latency ms (p25-p75) '
+            '| peak MiB | MACs ratio | latency ratio | memory ratio |')
+    lines = [head, '|' + '---|' * 12]
+    for r in rows:
+        lines.append(
+            f"| {r['condition']} | {r['model']} | {fmt(r['images_per_s'], '.1f')} | {fmt(r['latency_ms'], '.1f')} "
+            f"({fmt(r['latency_p25_ms'], '.1f')}-{fmt(r['latency_p75_ms'], '.1f')}) | {fmt(r['peak_mem_mb'], '.0f')} "
+            f"| {r.get('baseline') or '-'} | {fmt(r.get('baseline_images_per_s'), '.1f')} "
+            f"| {fmt(r.get('baseline_latency_ms'), '.1f')} ({fmt(r.get('baseline_latency_p25_ms'), '.1f')}-"
+            f"{fmt(r.get('baseline_latency_p75_ms'), '.1f')}) | {fmt(r.get('baseline_peak_mem_mb'), '.0f')} "
+            f"| {fmt(r.get('macs_ratio'), '.3f')} | **{fmt(r.get('ratio'), '.3f')}** "
+            f"| {fmt(r.get('memory_ratio'), '.3f')} |")
+    return '\n'.join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.memory_probe:
+        print(json.dumps({'peak_mem_mb': _memory_in_this_process(json.loads(args.memory_probe))}))
+        return 0
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    for flag in ('warmup', 'repeats'):
+        if getattr(args, flag) < (0 if flag == 'warmup' else 1):
+            raise CliError(f'--{flag} must be >= {0 if flag == "warmup" else 1}')
+    if any(b < 1 for b in args.batch_size):
+        raise CliError('--batch-size values must be >= 1')
+    device = torch.device(args.device)
+    if device.type == 'cuda' and not torch.cuda.is_available():
+        raise CliError('--device cuda asked for but torch sees no CUDA device; use --device cpu')
+
+    roles = {'model': (args.model, parse_kwargs(args.model_kwargs, '--model-kwargs'))}
+    if args.baseline.lower() != 'none':
+        roles['baseline'] = (args.baseline, parse_kwargs(args.baseline_kwargs, '--baseline-kwargs'))
+    models = {role: create(name, kw, args.num_classes) for role, (name, kw) in roles.items()}
+    specs = {role: {'model': name, 'kwargs': {**kw, **({'num_classes': args.num_classes} if args.num_classes else {})},
+                    'label': name + (' ' + ' '.join(f'{k}={v}' for k, v in kw.items()) if kw else '')}
+             for role, (name, kw) in roles.items()}
+    cfg_size = models['model'].pretrained_cfg.get('input_size', (3, 224, 224))
+    input_size = (cfg_size[0], args.img_size or cfg_size[1], args.img_size or cfg_size[2])
+
+    benches = ['inference', 'train'] if args.bench == 'both' else [args.bench]
+    fused_modes = {'no': [False], 'yes': [True], 'both': [False, True]}[args.fused]
+    rows = []
+    for bench in benches:
+        for batch_size in args.batch_size:
+            for fused in (fused_modes if bench == 'inference' else [False]):
+                cond = dict(bench=bench, device=str(device), batch_size=batch_size, amp=args.amp,
+                            channels_last=args.channels_last, fused=fused, compile=args.compile,
+                            input_size=input_size)
+                row = run_condition(models, specs, cond, args)
+                rows.append(row)
+                append_csv(Path(args.csv_dir) / f"{row['condition']}.csv", row)
+                if args.json:
+                    print(json.dumps(row), flush=True)
+                else:
+                    line = (f"{row['condition']}: {row['model']} {row['latency_ms']:.1f} ms "
+                            f"({row['images_per_s']:.1f} img/s)")
+                    if 'ratio' in row:
+                        line += f" vs {row['baseline']} {row['baseline_latency_ms']:.1f} ms: ratio {row['ratio']:.3f}"
+                    print(line, flush=True)
+    if not args.json:
+        print('\n' + table(rows))
+    if args.report:
+        title = args.report_title or f'{args.model} vs {args.baseline}'
+        section = (markdown_header(title, provenance()).replace('# ', '## ', 1)
+                   + f"\nThreads: {torch.get_num_threads()}; {args.warmup} warm-up + {args.repeats} timed steps per "
+                   f"model, interleaved; input {input_size[0]}x{input_size[1]}x{input_size[2]}.\n\n" + table(rows)
+                   + '\n\n<details><summary>raw rows (YAML)</summary>\n\n```yaml\n'
+                   + yaml.safe_dump(rows, sort_keys=False) + '```\n</details>\n')
+        report = Path(args.report)
+        existing = report.read_text() if report.exists() else ''
+        atomic_write_text(report, existing + ('\n' if existing else '') + section)
+    return 0
+
+
+if __name__ == '__main__':
+    raise SystemExit(run_cli(main))

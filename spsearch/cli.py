@@ -1,0 +1,93 @@
+"""Shared plumbing of the thin CLIs: one-line errors with exit code 2, ``k=v`` keyword parsing,
+and timm-style ``-c config.yaml`` defaults that flags override."""
+from __future__ import annotations
+
+import argparse
+import ast
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = ['CliError', 'parse_kwargs', 'parse_with_config', 'run_cli']
+
+
+class CliError(Exception):
+    """A user error: printed as one line ``error: ...`` and exit code 2, no traceback."""
+
+
+def run_cli(main: Callable[[], int | None]) -> int:
+    """Run ``main`` and turn ``CliError`` into a one-line message and exit code 2."""
+    try:
+        return main() or 0
+    except CliError as e:
+        print(f'error: {e}', file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print('interrupted', file=sys.stderr)
+        return 130
+
+
+def parse_kwargs(items: Sequence[str] | None, flag: str = '--model-kwargs') -> dict[str, Any]:
+    """Parse ``['k=v', ...]`` into a dict; values are Python literals where they parse, else strings.
+
+    ``sp_alpha=vanilla`` gives the string ``'vanilla'``, ``sp_alpha=(0.5,0.25,0.25)`` a tuple,
+    ``sp_alpha=(0.5,vanilla,0.25)`` the string (the model parses it), as timm's ``--model-kwargs``.
+
+    Raises:
+        CliError: On an item without ``=`` or with an empty key.
+    """
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition('=')
+        if not sep or not key.strip():
+            raise CliError(f'{flag} takes key=value pairs, got {item!r} (e.g. {flag} sp_alpha=0.5)')
+        try:
+            out[key.strip()] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            out[key.strip()] = value
+    return out
+
+
+def load_yaml_config(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping of option names (dashes or underscores) to values.
+
+    Raises:
+        CliError: If the file is missing, not valid YAML, or not a mapping.
+    """
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise CliError(f'config file {path} does not exist') from None
+    except yaml.YAMLError as e:
+        where = getattr(e, 'problem_mark', None)
+        at = f' at line {where.line + 1}' if where is not None else ''
+        raise CliError(f'config file {path} is not valid YAML{at}: {getattr(e, "problem", e)}') from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise CliError(f'config file {path} must be a mapping of option: value, got {type(data).__name__}')
+    return {str(k).replace('-', '_'): v for k, v in data.items()}
+
+
+def parse_with_config(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """timm-style parsing: ``-c/--config FILE`` sets the parser's defaults, flags override them.
+
+    Raises:
+        CliError: On a config key that is not an option of ``parser``.
+    """
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument('-c', '--config', default=None)
+    known, _ = pre.parse_known_args(argv)
+    if known.config:
+        config = load_yaml_config(known.config)
+        valid = {a.dest for a in parser._actions}
+        unknown = sorted(set(config) - valid)
+        if unknown:
+            raise CliError(f'config file {known.config} has unknown key(s) {", ".join(unknown)}; '
+                           f'see --help for the valid options')
+        parser.set_defaults(**config)
+    return parser.parse_args(argv)
