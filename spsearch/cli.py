@@ -11,18 +11,20 @@ from typing import Any
 
 import yaml
 
+from .errors import SPSearchError
+
 __all__ = ['CliError', 'parse_kwargs', 'parse_with_config', 'run_cli']
 
 
-class CliError(Exception):
-    """A user error: printed as one line ``error: ...`` and exit code 2, no traceback."""
+class CliError(SPSearchError):
+    """A command-line misuse: printed as one line ``error: ...`` and exit code 2, no traceback."""
 
 
 def run_cli(main: Callable[[], int | None]) -> int:
-    """Run ``main`` and turn ``CliError`` into a one-line message and exit code 2."""
+    """Run ``main``; any ``SPSearchError`` (CLI misuse, bad config or data) becomes one line and exit code 2."""
     try:
         return main() or 0
-    except CliError as e:
+    except SPSearchError as e:
         print(f'error: {e}', file=sys.stderr)
         return 2
     except KeyboardInterrupt:
