@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 from ..errors import DataError
 from .config import DataWarning
 from .datasets import ArraySplit, FileSplit
-from .sampling import AUGMENT, generator, train_batches, train_shard, val_shard
+from .sampling import AUGMENT, WORKERS, generator, train_batches, train_shard, val_shard
 from .transforms import BatchTransform
 
 __all__ = ['MemoryLoader', 'TorchArrayLoader', 'TorchFileLoader', 'load_image']
@@ -161,8 +161,9 @@ class _ArrayDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
 
 
 def _data_loader(dataset: Dataset[Any], sampler: _BatchSampler, workers: int, device: torch.device) -> DataLoader[Any]:
+    # its own generator: a DataLoader otherwise draws its workers' base seed from the global RNG
     return DataLoader(dataset, batch_sampler=sampler, num_workers=workers, persistent_workers=workers > 0,
-                      pin_memory=device.type == 'cuda')
+                      pin_memory=device.type == 'cuda', generator=generator(sampler.schedule.seed, WORKERS))
 
 
 class TorchArrayLoader(_EpochLoaderBase):

@@ -11,12 +11,12 @@ import torch
 
 from ..errors import DataError
 
-__all__ = ['ORDER', 'AUGMENT', 'TRAIN_SUBSET', 'VAL_SUBSET', 'HOLDOUT', 'SYNTHETIC',
+__all__ = ['ORDER', 'AUGMENT', 'TRAIN_SUBSET', 'VAL_SUBSET', 'HOLDOUT', 'SYNTHETIC', 'WORKERS',
            'derive_seed', 'generator', 'subset_indices', 'train_batches', 'train_permutation',
            'train_shard', 'val_shard']
 
 # stream tags: independent random streams drawn from one user seed
-ORDER, AUGMENT, TRAIN_SUBSET, VAL_SUBSET, HOLDOUT, SYNTHETIC = 1, 2, 3, 4, 5, 6
+ORDER, AUGMENT, TRAIN_SUBSET, VAL_SUBSET, HOLDOUT, SYNTHETIC, WORKERS = 1, 2, 3, 4, 5, 6, 7
 
 
 def derive_seed(*keys: int) -> int:
