@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from spsearch.data import DataConfig, DataWarning, create_loaders, dataset_info, find_fashion_mnist
+from spsearch.data import DataConfig, DataWarning, EpochLoader, create_loaders, dataset_info, find_fashion_mnist
 from spsearch.data import datasets as ds
 from spsearch.data.datasets import ArraySplit, load_cifar, load_fashion_mnist, read_idx
 from spsearch.data.loaders import MemoryLoader
@@ -356,6 +356,7 @@ def test_auto_picks_and_says_why(tmp_path, monkeypatch):
     folder = write_cifar10(tmp_path / 'cifar-10-batches-py')
     small = create_loaders(DataConfig('cifar10', data_dir=str(folder), batch_size=8), input_size=(3, 32, 32))
     assert small.kind == 'memory' and small.reason.startswith('memory: cifar10 is small')
+    assert isinstance(small.train, EpochLoader) and isinstance(small.val, EpochLoader)
     root = write_folder(tmp_path / 'imgs')
     import spsearch.data.factory as factory
 
@@ -390,6 +391,49 @@ def test_set_epoch_determinism_and_no_global_rng(tmp_path):
     workers = create_loaders(DataConfig('cifar10', data_dir=str(folder), batch_size=16, seed=3, loader='torch',
                                         workers=2), input_size=(3, 32, 32))
     assert workers.kind == 'torch' and same(e2, batches(workers.train, 2))
+
+
+FRESH_PROCESS = """
+import sys, torch
+from spsearch.data import create_loaders
+from tests.test_data import replay_configs
+out = {}
+for name, cfg in replay_configs(sys.argv[1], sys.argv[2]).items():
+    train = create_loaders(cfg, input_size=(3, 16, 16)).train
+    train.set_epoch(2)
+    out[name] = list(train)
+torch.save(out, sys.argv[3])
+"""
+
+
+def replay_configs(cifar: str, folder: str) -> dict[str, DataConfig]:
+    from spsearch.data import dali_available
+
+    configs = {'memory': DataConfig('cifar10', data_dir=cifar, batch_size=16, seed=3),
+               'torch': DataConfig('imagefolder', data_dir=folder, loader='torch', batch_size=6, workers=0, seed=3)}
+    if dali_available():
+        configs['dali'] = DataConfig('imagefolder', data_dir=folder, loader='dali', batch_size=6, workers=2, seed=3)
+    return configs
+
+
+def test_epoch_is_replayed_exactly_in_a_fresh_process(tmp_path):
+    """What a resumed run relies on: set_epoch(e) in a new process gives epoch e's batches bit for bit."""
+    import subprocess
+
+    folder, root = write_cifar10(tmp_path / 'c', per_batch=20), write_folder(tmp_path / 'imgs')
+    expected = {}
+    for name, cfg in replay_configs(str(folder), str(root)).items():
+        train = create_loaders(cfg, input_size=(3, 16, 16)).train
+        for epoch in (0, 1):  # this process has been through other epochs first
+            batches(train, epoch)
+        torch.manual_seed(99)
+        expected[name] = batches(train, 2)
+    subprocess.run([sys.executable, '-c', FRESH_PROCESS, str(folder), str(root), str(tmp_path / 'fresh.pt')],
+                   check=True, timeout=120, cwd=Path(__file__).resolve().parents[1])
+    fresh = torch.load(tmp_path / 'fresh.pt')
+    assert sorted(fresh) == sorted(expected)
+    for name in expected:
+        assert same(fresh[name], expected[name]), name
 
 
 def test_torch_file_loader_is_deterministic_across_workers(tmp_path):

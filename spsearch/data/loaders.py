@@ -122,6 +122,7 @@ class MemoryLoader(_EpochLoaderBase):
         offsets = flips = None
         if self.schedule.train and self.transform.augment:
             offsets, flips = self.transform.sample(indices.numel(), self.schedule.augment_generator())
+            offsets, flips = offsets.to(self.device), flips.to(self.device)
         indices = indices.to(self.device)
         for b, idx in enumerate(self.schedule.batches(indices)):
             sl = slice(b * self.batch_size, (b + 1) * self.batch_size)
@@ -185,6 +186,7 @@ class TorchArrayLoader(_EpochLoaderBase):
         offsets = flips = None
         if self.schedule.train and self.transform.augment:
             offsets, flips = self.transform.sample(self.num_samples, self.schedule.augment_generator())
+            offsets, flips = offsets.to(self.device), flips.to(self.device)
         for b, (images, labels) in enumerate(self.loader):
             sl = slice(b * self.batch_size, (b + 1) * self.batch_size)
             yield (self.transform(images, None if offsets is None else offsets[sl],
