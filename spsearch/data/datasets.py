@@ -589,7 +589,8 @@ def scan_image_folder(data_dir: str | os.PathLike[str] | None, *, val_split: flo
                       workers: int = 2) -> FolderScan:
     """Scan an ImageFolder (see the module docstring for the policy); cached while the folders are unchanged.
 
-    Warns with ``DataWarning`` naming the files left out as unreadable.
+    Warns with ``DataWarning`` naming the files left out as unreadable (once per scan; a cached
+    result only counts them in ``skipped``).
 
     Raises:
         DataError: On a missing or empty folder, class folders without images, or validation
@@ -600,8 +601,9 @@ def scan_image_folder(data_dir: str | os.PathLike[str] | None, *, val_split: flo
                         'and DIR/val/<class>/*.jpg)')
     root = Path(data_dir).expanduser().resolve()
     _layout(root)
+    misses = _scan_cached.cache_info().misses
     scan = _scan_cached(str(root), float(val_split), bool(verify), int(workers), _folder_stamp(root))
-    if scan.skipped:
+    if scan.skipped and _scan_cached.cache_info().misses > misses:  # once per scan, not per call
         names = ', '.join(f'{f} ({r})' for f, r in scan.skipped[:3])
         warnings.warn(f'imagefolder {root}: left out {len(scan.skipped)} unreadable image file(s): {names}'
                       f'{", ..." if len(scan.skipped) > 3 else ""}', DataWarning, stacklevel=2)

@@ -50,10 +50,6 @@ def _check_processes(process_index: int, num_processes: int) -> None:
                           'need 0 <= process_index < num_processes')
 
 
-def _mib(nbytes: int) -> str:
-    return f'{nbytes / 2**20:.0f} MiB'
-
-
 def _array_splits(cfg: DataConfig, input_size: tuple[int, int, int]) -> tuple[ArraySplit, ArraySplit, DatasetInfo]:
     if cfg.dataset == 'synthetic':
         info = dataset_info(cfg)
@@ -96,7 +92,7 @@ def _decode_folder(split: FileSplit, input_size: tuple[int, int, int], workers: 
 def _memory_or_torch(cfg: DataConfig, nbytes: int, device: torch.device, name: str, describe: str,
                      ) -> tuple[str, str]:
     if cfg.loader == 'torch':
-        return 'torch', (f'torch: asked for (--loader torch); a DataLoader with {cfg.workers} workers gathers '
+        return 'torch', (f'torch: asked for (--loader torch); a DataLoader with {cfg.workers} worker(s) gathers '
                          f'uint8 batches, transformed on {device} ({describe})')
     fits, how = fits_memory(nbytes, device)
     if fits:
@@ -106,7 +102,7 @@ def _memory_or_torch(cfg: DataConfig, nbytes: int, device: torch.device, name: s
     if cfg.loader == 'memory':
         raise DataError(f'{name} needs {how} to be held on {device}, more than half of it; use --loader torch')
     return 'torch', (f'torch: {name} needs {how}, too much to hold on {device}; a DataLoader with '
-                     f'{cfg.workers} workers gathers batches, transformed on {device} ({describe})')
+                     f'{cfg.workers} worker(s) gathers batches, transformed on {device} ({describe})')
 
 
 def create_loaders(cfg: DataConfig, *, input_size: tuple[int, int, int], device: torch.device | str = 'cpu',
@@ -184,8 +180,9 @@ def create_loaders(cfg: DataConfig, *, input_size: tuple[int, int, int], device:
     if kind == 'dali':
         version = dali_version()
         how = (f'decoding on {dev} (device="mixed")' if dev.type == 'cuda' else
-               f'CPU pipeline with {max(1, cfg.workers)} threads (measured ~2x the images/s of torchvision on CPU)')
-        why = 'asked for (--loader dali)' if cfg.loader == 'dali' else 'NVIDIA DALI is installed'
+               f'CPU pipeline with {max(1, cfg.workers)} thread(s) for device {dev}')
+        why = ('asked for (--loader dali)' if cfg.loader == 'dali' else
+               'NVIDIA DALI is installed (it decodes and augments JPEGs faster than the torch loader, on CPU too)')
         reason = f'dali: {why}; DALI {version}, {how}'
         dali_args: dict[str, Any] = dict(input_size=size, mean=mean_c, std=std_c, workers=cfg.workers, crop_pct=crop,
                                          **common)
@@ -196,7 +193,7 @@ def create_loaders(cfg: DataConfig, *, input_size: tuple[int, int, int], device:
 
         why = ('asked for (--loader torch)' if cfg.loader == 'torch' else
                f'NVIDIA DALI is not installed ({DALI_INSTALL})')
-        reason = (f'torch: {why}; a DataLoader with {cfg.workers} workers decodes with PIL and applies '
+        reason = (f'torch: {why}; a DataLoader with {cfg.workers} worker(s) decodes with PIL and applies '
                   'timm transforms')
         tf_args: dict[str, Any] = dict(input_size=size, mean=mean_c, std=std_c, crop_pct=crop,
                                        interpolation='bilinear')
