@@ -1,0 +1,160 @@
+"""Budgets: check them against the space before a search, and turn a candidate's costs into constraints.
+
+A constraint is the relative excess ``cost / budget - 1`` (feasible when <= 0, Optuna's rule), so
+MACs, parameters and milliseconds weigh alike in the sum of violations that TPE and NSGA-II rank
+infeasible trials by. Constraints are recorded with ``trial.set_constraint`` (Optuna 5) on every
+trial that gets a cost, before any training.
+
+Latency is measured on the target device with ``spsearch.cost.latency.measure_latency`` (eval,
+inference mode, warm-up, synchronisation, median of repeats, batch norms folded) and cached per
+configuration, device and protocol in a JSON file of the output folder.
+"""
+from __future__ import annotations
+
+import json
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError
+from ..io import atomic_write_json
+from ..space import Config, SearchSpace
+
+__all__ = [
+    'BUDGET_FLAGS', 'Costs', 'LatencyCache', 'check_space_budgets', 'constraints', 'latency_protocol',
+    'measure_config_latency', 'violations',
+]
+
+BUDGET_FLAGS = {'gmacs': '--budget-gflops', 'mparams': '--budget-params', 'latency_ms': '--budget-latency-ms'}
+_UNITS = {'gmacs': 'GMACs', 'mparams': 'M params', 'latency_ms': 'ms'}
+
+
+@dataclass(frozen=True)
+class Costs:
+    """A candidate's costs: GMACs (1e9 multiply-accumulates), millions of parameters, latency (ms, if measured)."""
+
+    gmacs: float
+    mparams: float
+    latency_ms: float | None = None
+
+    def get(self, key: str) -> float | None:
+        return getattr(self, key)
+
+
+def check_space_budgets(space: SearchSpace, budgets: dict[str, float]) -> list[str]:
+    """Refuse budgets no configuration meets; return notes for budgets every configuration meets.
+
+    Only the MAC and parameter budgets are checked here: both are exact table look-ups (the
+    space's extremes are exact). Latency has no exact extreme without timing every configuration.
+
+    Raises:
+        ConfigError: A budget below the space's minimum, with that minimum and its configuration.
+    """
+    notes = []
+    size = 'x'.join(map(str, space.input_size[1:]))
+    for key, metric, scale in (('gmacs', 'macs', 1e9), ('mparams', 'params', 1e6)):
+        budget = budgets.get(key)
+        if budget is None:
+            continue
+        (low, low_config), (high, _) = space.bounds(metric)
+        if low / scale > budget:
+            raise ConfigError(
+                f'{BUDGET_FLAGS[key]} {budget:g} is below the minimum of the search space, {low / scale:.4g} '
+                f'{_UNITS[key]} ({space.model} at {size}: {space.format(low_config)}); raise the budget or '
+                f'widen --alphas/--groups')
+        if high / scale <= budget:
+            notes.append(f'every configuration meets {BUDGET_FLAGS[key]} {budget:g} (the space spans '
+                         f'{low / scale:.4g}-{high / scale:.4g} {_UNITS[key]}): it constrains nothing')
+    return notes
+
+
+def constraints(costs: Costs, budgets: dict[str, float]) -> dict[str, float]:
+    """``{name: cost / budget - 1}`` for each budget whose cost is known."""
+    out = {}
+    for key, budget in budgets.items():
+        value = costs.get(key)
+        if value is not None:
+            out[key] = value / budget - 1
+    return out
+
+
+def violations(costs: Costs, budgets: dict[str, float]) -> list[str]:
+    """Human descriptions of the exceeded budgets, e.g. ``2.31 GMACs > 2``."""
+    return [f'{costs.get(k):.4g} {_UNITS[k]} > {budgets[k]:g}' for k, v in constraints(costs, budgets).items() if v > 0]
+
+
+class LatencyCache:
+    """Measured latencies keyed by configuration, device and protocol, in a JSON file (atomic writes).
+
+    Several processes may share the file: each write re-reads it and merges before replacing it.
+
+    Args:
+        path: The cache file (None: in memory only).
+    """
+
+    def __init__(self, path: str | os.PathLike[str] | None) -> None:
+        self.path = Path(path) if path is not None else None
+        self._lock = threading.Lock()
+        self._data: dict[str, dict[str, Any]] = self._read()
+
+    def _read(self) -> dict[str, dict[str, Any]]:
+        if self.path is None or not self.path.exists():
+            return {}
+        try:
+            data = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return {}  # a damaged cache only costs re-measuring
+        return data if isinstance(data, dict) else {}
+
+    @staticmethod
+    def key(space: SearchSpace, config: Config, protocol: dict[str, Any]) -> str:
+        return json.dumps({'model': space.model, 'input_size': list(space.input_size),
+                           'num_classes': space.num_classes, 'config': [c.label for c in config], **protocol},
+                          sort_keys=True)
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        return self._data.get(key)
+
+    def put(self, key: str, value: dict[str, Any]) -> None:
+        with self._lock:
+            self._data = {**self._read(), **self._data, key: value}
+            if self.path is not None:
+                atomic_write_json(self.path, self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+
+def latency_protocol(device: str, batch_size: int, warmup: int, repeats: int) -> dict[str, Any]:
+    """The protocol's settings and the device it runs on (part of every cache key)."""
+    import torch
+
+    from ..provenance import machine
+    if device == 'cuda':
+        if not torch.cuda.is_available():
+            raise ConfigError('--latency-device cuda needs a CUDA GPU, and torch sees none; use --latency-device cpu')
+        device_name = torch.cuda.get_device_name(torch.cuda.current_device())
+    else:
+        device_name = machine()['cpu']
+    return {'device': device, 'device_name': device_name, 'batch_size': batch_size, 'warmup': warmup,
+            'repeats': repeats, 'threads': torch.get_num_threads() if device == 'cpu' else None,
+            'fused': True, 'torch': torch.__version__}
+
+
+def measure_config_latency(space: SearchSpace, config: Config, protocol: dict[str, Any]) -> dict[str, Any]:
+    """Median latency (and quartiles) of ``config`` under ``protocol``; a fresh randomly initialised model."""
+    import timm
+    import torch
+
+    from ..cost.latency import measure_latency
+    kwargs: dict[str, Any] = dict(space.model_kwargs(config))
+    if space.num_classes is not None:
+        kwargs['num_classes'] = space.num_classes
+    model = timm.create_model(space.model, **kwargs)
+    device = torch.device(protocol['device'], torch.cuda.current_device()) if protocol['device'] == 'cuda' else 'cpu'
+    stats = measure_latency(model, space.input_size, protocol['batch_size'], device, warmup=protocol['warmup'],
+                            repeats=protocol['repeats'], fused=True)
+    return {'median_ms': stats.median_ms, 'p25_ms': stats.p25_ms, 'p75_ms': stats.p75_ms,
+            'device_name': protocol['device_name'], 'batch_size': protocol['batch_size']}

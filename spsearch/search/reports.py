@@ -1,0 +1,248 @@
+"""Reports of a study, written atomically to the output folder.
+
+* ``trials.csv``: every trial (number, state, status, per-stage alpha and G, GMACs, params,
+  latency, proxy accuracy, epochs trained, time).
+* ``pareto_gmacs.csv/.png`` and ``pareto_latency.csv/.png``: the feasible, complete trials that no
+  other one beats on both accuracy and cost (matplotlib; the paper baseline and the budget marked).
+* ``best.yaml``: the best feasible configuration with the retrain recipe, a ``train.py -c`` config.
+* ``summary.md``: the search, its best configuration against the paper's at the same budget,
+  the retrain results side by side, and provenance.
+
+GMACs are 1e9 multiply-accumulates, the SPConv paper's "GFLOPs".
+"""
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from optuna.trial import FrozenTrial, TrialState
+
+from ..io import atomic_write, atomic_write_text, atomic_write_yaml
+from ..provenance import markdown_header, provenance
+from ..space import PAPER_ALPHA, PAPER_GROUPS
+
+if TYPE_CHECKING:
+    from .driver import SearchRun
+
+__all__ = ['best_trials', 'csv_text', 'feasible', 'pareto_front', 'proxy_top1', 'trial_rows', 'write_reports']
+
+
+def feasible(trial: FrozenTrial) -> bool:
+    """All recorded constraints met (Optuna's rule: every value <= 0)."""
+    return all(v <= 0 for v in trial.constraints.values())
+
+
+def proxy_top1(trial: FrozenTrial) -> float | None:
+    """The trial's proxy accuracy: its value if complete, its last reported top-1 if pruned after training."""
+    if trial.state == TrialState.COMPLETE and trial.values:
+        return float(trial.values[0])
+    if trial.intermediate_values:
+        return float(trial.intermediate_values[max(trial.intermediate_values)])
+    return None
+
+
+def _is_paper(trial: FrozenTrial) -> bool:
+    alphas, groups = trial.user_attrs.get('sp_alpha'), trial.user_attrs.get('sp_groups')
+    return bool(alphas) and all(a == PAPER_ALPHA for a in alphas or []) and all(g == PAPER_GROUPS for g in groups or [])
+
+
+def trial_rows(trials: list[FrozenTrial], num_stages: int) -> list[dict[str, Any]]:
+    """One flat dict per trial (the columns of ``trials.csv``)."""
+    rows = []
+    for t in trials:
+        alphas = t.user_attrs.get('sp_alpha') or [None] * num_stages
+        groups = t.user_attrs.get('sp_groups') or [None] * num_stages
+        row: dict[str, Any] = {'number': t.number, 'state': t.state.name,
+                               'status': t.user_attrs.get('spsearch_status', ''),
+                               'baseline': bool(t.user_attrs.get('baseline'))}
+        for i in range(num_stages):
+            a = alphas[i] if i < len(alphas) else None
+            row[f'alpha{i + 1}'] = '' if a is None else (a if isinstance(a, str) else f'{a:g}')
+            row[f'groups{i + 1}'] = '' if a is None or a == 'vanilla' else groups[i]
+        top1 = proxy_top1(t)
+        duration = (t.datetime_complete - t.datetime_start).total_seconds() \
+            if t.datetime_complete and t.datetime_start else None
+        row.update({
+            'gmacs': _num(t.user_attrs.get('gmacs'), 4), 'mparams': _num(t.user_attrs.get('mparams'), 4),
+            'latency_ms': _num(t.user_attrs.get('latency_ms'), 3), 'feasible': feasible(t) if t.constraints else '',
+            'proxy_top1': _num(top1, 2), 'epochs': t.user_attrs.get('epochs', ''),
+            'train_s': t.user_attrs.get('train_s', ''), 'trial_s': _num(duration, 2),
+            'images_per_s': t.user_attrs.get('images_per_s', ''), 'peak_mem_mb': t.user_attrs.get('peak_mem_mb', ''),
+            'retry_of': t.user_attrs.get('spsearch_retry_of', ''), 'duplicate_of': t.user_attrs.get('duplicate_of', ''),
+            'start': t.datetime_start.isoformat(timespec='seconds') if t.datetime_start else '',
+        })
+        rows.append(row)
+    return rows
+
+
+def _num(value: Any, digits: int) -> Any:
+    return '' if value is None else round(float(value), digits)
+
+
+def csv_text(rows: list[dict[str, Any]]) -> str:
+    buf = io.StringIO()
+    if rows:
+        writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return buf.getvalue()
+
+
+def best_trials(trials: list[FrozenTrial], k: int | None = None) -> list[FrozenTrial]:
+    """Feasible complete trials by proxy top-1 (best first), one per configuration."""
+    seen, out = set(), []
+    ranked = sorted((t for t in trials if t.state == TrialState.COMPLETE and feasible(t) and t.values),
+                    key=lambda t: (-t.values[0], t.number))
+    for t in ranked:
+        key = tuple(sorted(t.params.items()))
+        if key in seen:
+            continue
+        seen.add(key)
+        out.append(t)
+    return out if k is None else out[:k]
+
+
+def pareto_front(points: list[tuple[float, float, Any]]) -> list[tuple[float, float, Any]]:
+    """Points ``(cost, accuracy, tag)`` that no other point beats on both (lower cost, higher accuracy)."""
+    front: list[tuple[float, float, Any]] = []
+    for cost, acc, tag in sorted(points, key=lambda p: (p[0], -p[1])):
+        if not front or acc > front[-1][1]:
+            front.append((cost, acc, tag))
+    return front
+
+
+def _pareto(run: SearchRun, trials: list[FrozenTrial], metric: str, label: str) -> dict[str, Any] | None:
+    done = [t for t in trials if t.state == TrialState.COMPLETE and feasible(t) and t.values
+            and t.user_attrs.get(metric) is not None]
+    if not done:
+        return None
+    points = [(float(t.user_attrs[metric]), float(t.values[0]), t) for t in done]
+    front = pareto_front(points)
+    out = run.output
+    rows = [{'number': t.number, metric: round(c, 4), 'proxy_top1': round(a, 2),
+             'config': run.space.format(run.space.from_params(t.params))} for c, a, t in front]
+    atomic_write_text(out / f'pareto_{metric.split("_")[0]}.csv', csv_text(rows))
+    png = out / f'pareto_{metric.split("_")[0]}.png'
+    _plot(png, points, front, metric, label, run.cfg.budgets.get(metric), run.study.study_name)
+    return {'csv': out / f'pareto_{metric.split("_")[0]}.csv', 'png': png, 'front': rows}
+
+
+def _plot(path: Path, points: list[tuple[float, float, Any]], front: list[tuple[float, float, Any]], metric: str,
+          label: str, budget: float | None, title: str) -> None:
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
+    ax.scatter([p[0] for p in points], [p[1] for p in points], s=18, color='0.6', label='feasible trials')
+    ax.plot([p[0] for p in front], [p[1] for p in front], '-o', color='tab:red', ms=5, label='Pareto front')
+    paper = [p for p in points if _is_paper(p[2])]
+    if paper:
+        ax.scatter([p[0] for p in paper], [p[1] for p in paper], marker='*', s=160, color='tab:blue',
+                   zorder=5, label='paper: alpha 1/2, G 2')
+    if budget is not None:
+        ax.axvline(budget, color='k', ls='--', lw=1, label=f'budget {budget:g}')
+    ax.set_xlabel(label)
+    ax.set_ylabel('proxy top-1 (%)')
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format='png'))
+    plt.close(fig)
+
+
+def write_reports(run: SearchRun, search_wall_s: float | None = None) -> dict[str, Any]:
+    """Write every report of ``run``'s study; return what was written (paths and the best trials)."""
+    trials = run.study.get_trials(deepcopy=False)
+    out = run.output
+    written: dict[str, Any] = {}
+    atomic_write_text(out / 'trials.csv', csv_text(trial_rows(trials, run.space.num_stages)))
+    written['trials'] = out / 'trials.csv'
+    written['pareto_gmacs'] = _pareto(run, trials, 'gmacs', 'GMACs (1e9 multiply-accumulates) at '
+                                      + 'x'.join(map(str, run.space.input_size[1:])))
+    proto = run.protocol or {}
+    written['pareto_latency'] = _pareto(
+        run, trials, 'latency_ms',
+        f'latency (ms, median, batch {proto.get("batch_size", run.cfg.latency_batch_size)}, '
+        f'{proto.get("device", run.cfg.latency_device)})')
+    best = best_trials(trials, 1)
+    if best:
+        t = best[0]
+        config = run.space.from_params(t.params)
+        recipe = run.cfg.retrain_train_config(
+            {k: list(v) for k, v in run.space.model_kwargs(config).items()}, str(out / 'retrain' / f'trial-{t.number}'),
+            experiment=f'search {run.study.study_name} trial-{t.number}')
+        atomic_write_yaml(out / 'best.yaml', recipe.to_dict())
+        written['best'] = out / 'best.yaml'
+    atomic_write_text(out / 'summary.md', _summary(run, trials, written, search_wall_s))
+    written['summary'] = out / 'summary.md'
+    return written
+
+
+def _fmt(value: Any, digits: int = 2) -> str:
+    return '-' if value is None or value == '' else f'{float(value):.{digits}f}'
+
+
+def _summary(run: SearchRun, trials: list[FrozenTrial], written: dict[str, Any], wall: float | None) -> str:
+    cfg, space = run.cfg, run.space
+    prov = provenance()
+    lines = [markdown_header(f'Search {run.study.study_name}', prov), '']
+    (lo, _), (hi, _) = space.bounds('macs')
+    lines += [
+        '"GMACs" are 1e9 multiply-accumulates, the SPConv paper\'s "GFLOPs". Costs are counted at '
+        f'{"x".join(map(str, space.input_size))}; proxy accuracies come from {cfg.proxy_epochs} epoch(s) on '
+        f'{cfg.train_samples or "all"} {cfg.dataset} images at {cfg.proxy_img_size}px, validated on '
+        f'{cfg.val_samples or "all"}.', '',
+        f'- Model: `{space.model}`, {space.num_stages} stages, {space.size:,} configurations, '
+        f'{lo / 1e9:.3f}-{hi / 1e9:.3f} GMACs',
+        f'- Budgets: {run._budget_text()}',
+        f'- Study: `{run.study.study_name}` in {run.spec.display()} (`{run.spec.cli_hint()}`)',
+    ]
+    states: dict[str, int] = {}
+    for t in trials:
+        states[t.state.name] = states.get(t.state.name, 0) + 1
+    over = sum(1 for t in trials if str(t.user_attrs.get('spsearch_status', '')).startswith('over budget'))
+    lines.append(f'- Trials: {len(trials)} ({", ".join(f"{v} {k.lower()}" for k, v in sorted(states.items()))}); '
+                 f'{over} over budget, ended before training')
+    if wall is not None:
+        lines.append(f'- Search wall time (this run): {wall / 60:.1f} min')
+    lines.append('')
+    best = best_trials(trials)
+    paper = [t for t in trials if t.user_attrs.get('baseline') and t.state in (TrialState.COMPLETE,
+                                                                                TrialState.PRUNED)]
+    lines += ['## Best configuration vs the paper\'s (alpha 1/2, G 2) at the same budget', '',
+              '| | trial | configuration | GMACs | M params | latency (ms) | proxy top-1 (%) | feasible |',
+              '|---|---|---|---|---|---|---|---|']
+    picks: list[tuple[str, FrozenTrial | None]] = [('best', best[0] if best else None),
+                                                   ('paper', paper[0] if paper else None)]
+    for name, pick in picks:
+        if pick is None:
+            lines.append(f'| {name} | - | none | | | | | |')
+            continue
+        lines.append(f'| {name} | {pick.number} | {space.format(space.from_params(pick.params))} | '
+                     f'{_fmt(pick.user_attrs.get("gmacs"), 3)} | {_fmt(pick.user_attrs.get("mparams"))} | '
+                     f'{_fmt(pick.user_attrs.get("latency_ms"), 1)} | {_fmt(proxy_top1(pick))} | '
+                     f'{"yes" if feasible(pick) else "no"} |')
+    lines.append('')
+    for key in ('pareto_gmacs', 'pareto_latency'):
+        info = written.get(key)
+        if info:
+            lines += [f'![{key}]({info["png"].name})', '', f'Pareto front: `{info["csv"].name}` '
+                      f'({len(info["front"])} configurations).', '']
+    retrain_csv = run.output / 'retrain.csv'
+    if retrain_csv.exists():
+        lines += ['## Retrained with the full recipe', '',
+                  f'{cfg.retrain_epochs} epoch(s) on {cfg.retrain_train_samples or "all"} images, validated on '
+                  f'{cfg.retrain_val_samples or "all"} (`retrain.csv`; runs under `retrain/`).', '']
+        rows = list(csv.DictReader(retrain_csv.read_text().splitlines()))
+        if rows:
+            lines.append('| ' + ' | '.join(rows[0]) + ' |')
+            lines.append('|' + '---|' * len(rows[0]))
+            lines += ['| ' + ' | '.join(r.values()) + ' |' for r in rows]
+            lines.append('')
+    if 'best' in written:
+        lines += [f'Retrain the best configuration yourself: `python train.py -c {written["best"]}`.', '']
+    return '\n'.join(lines)

@@ -1,0 +1,117 @@
+"""Retrain the winners of a study, and the paper's alpha 1/2 baseline, with the full recipe.
+
+Each run is ``accelerate launch train.py -c <name>.yaml`` in a subprocess (a clean process per
+run: no memory carried over, the same entry point users run), in ``<output>/retrain/<name>/``.
+A run that finished is skipped; an interrupted one continues with ``train.py --resume``. The
+final accuracies go side by side into ``retrain.csv`` (and ``summary.md``).
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..errors import ConfigError
+from ..io import atomic_write_text, atomic_write_yaml
+from ..space import Config
+from .reports import best_trials, csv_text, proxy_top1
+
+if TYPE_CHECKING:
+    from .driver import SearchRun
+
+__all__ = ['TRAIN_PY', 'launch_command', 'retrain']
+
+TRAIN_PY = Path(__file__).resolve().parents[2] / 'train.py'
+
+
+def launch_command(config_yaml: Path, processes: int, resume: bool) -> list[str]:
+    """``accelerate launch`` of ``train.py -c config_yaml`` with explicit launcher settings (no config file needed)."""
+    cmd = [sys.executable, '-m', 'accelerate.commands.launch', '--num_processes', str(processes),
+           '--num_machines', '1', '--mixed_precision', 'no', '--dynamo_backend', 'no']
+    if processes > 1:
+        cmd.append('--multi_gpu')  # also the way to get several CPU processes (gloo), see the README
+    cmd += [str(TRAIN_PY), '-c', str(config_yaml)]
+    if resume:
+        cmd.append('--resume')
+    return cmd
+
+
+def _default_processes() -> int:
+    import torch
+    return max(1, torch.cuda.device_count())
+
+
+def _finished(run_dir: Path, recipe: dict[str, Any]) -> dict[str, Any] | None:
+    summary = run_dir / 'summary.json'
+    if not summary.exists():
+        return None
+    try:
+        data = json.loads(summary.read_text())
+    except (OSError, ValueError):
+        return None
+    if data.get('epochs_run') == recipe['epochs'] and data.get('config', {}).get('model_kwargs') == \
+            recipe['model_kwargs'] and not data.get('stopped_by'):
+        return data
+    return None
+
+
+def retrain(run: SearchRun, top: int | None = None) -> list[dict[str, Any]]:
+    """Retrain the ``top`` best feasible configurations of ``run``'s study and the paper's; write ``retrain.csv``.
+
+    Raises:
+        ConfigError: If ``train.py`` is not next to the package (an installed copy without the repository).
+    """
+    cfg, space = run.cfg, run.space
+    top = cfg.retrain_top if top is None else top
+    if not TRAIN_PY.exists():
+        raise ConfigError(f'retraining runs train.py, which is not at {TRAIN_PY}; run search.py from the SPSearch '
+                          f'repository, or pass --retrain-top 0')
+    trials = run.study.get_trials(deepcopy=False)
+    jobs: list[tuple[str, Config, Any]] = [(f'trial-{t.number}', space.from_params(t.params), t)
+                                           for t in best_trials(trials, top)]
+    paper = space.paper_config()
+    if not any(config == paper for _, config, _ in jobs):
+        paper_trial = next((t for t in trials if t.user_attrs.get('baseline')), None)
+        jobs.append(('paper', paper, paper_trial))
+    if not jobs:
+        return []
+    processes = cfg.retrain_processes or _default_processes()
+    root = run.output / 'retrain'
+    rows = []
+    for name, config, trial in jobs:
+        run_dir = root / name
+        kwargs = {k: list(v) for k, v in space.model_kwargs(config).items()}
+        recipe = cfg.retrain_train_config(kwargs, str(run_dir), experiment=f'search {run.study.study_name} {name}')
+        recipe_dict = recipe.to_dict()
+        done = _finished(run_dir, recipe_dict)
+        status = 'done before'
+        if done is None:
+            config_yaml = root / f'{name}.yaml'
+            atomic_write_yaml(config_yaml, recipe_dict)
+            resume = (run_dir / 'last.pth').exists()
+            cmd = launch_command(config_yaml, processes, resume)
+            run.log(f'retrain {name}: {space.format(config)} | {" ".join(cmd[1:])}')
+            env = {**os.environ, 'PYTHONUNBUFFERED': '1'}
+            code = subprocess.run(cmd, env=env, check=False).returncode
+            done = _finished(run_dir, recipe_dict)
+            status = 'trained' if done is not None else f'failed (exit code {code})'
+        cost = space.cost(config)
+        row = {
+            'name': name, 'trial': getattr(trial, 'number', ''), 'paper_baseline': config == paper,
+            'config': space.format(config), 'gmacs': round(cost.macs / 1e9, 4), 'mparams': round(cost.params / 1e6, 4),
+            'latency_ms': '' if trial is None or trial.user_attrs.get('latency_ms') is None
+            else round(trial.user_attrs['latency_ms'], 3),
+            'proxy_top1': '' if trial is None or proxy_top1(trial) is None else round(proxy_top1(trial) or 0, 2),
+            'final_top1': '' if done is None else round(done['final_top1'], 2),
+            'best_top1': '' if done is None else round(done['best_top1'], 2),
+            'epochs': '' if done is None else done['epochs_run'],
+            'wall_s': '' if done is None else round(done['wall_s'], 1),
+            'status': status, 'output': str(run_dir),
+        }
+        rows.append(row)
+        run.log(f'retrain {name}: {status}' + (f', final top1 {row["final_top1"]}' if done else ''))
+    atomic_write_text(run.output / 'retrain.csv', csv_text(rows))
+    return rows

@@ -1,0 +1,216 @@
+"""Optuna storages for the search: URLs and journal files, reachability, crash recovery.
+
+* ``--storage`` takes an Optuna RDB URL (``sqlite:///x.db``, ``postgresql://...``, ``mysql://...``)
+  or a journal file (a path ending in ``.log``, ``.journal`` or ``.jsonl``, or ``journal:PATH``);
+  the default is ``<output>/study.db`` (SQLite), readable by ``optuna-dashboard`` and ``optuna``.
+* Every trial records its worker (host, pid, process start time). A trial left RUNNING by a worker
+  of this host that no longer exists (``kill -9``, a crash, a power cut) is failed and re-queued with
+  the same parameters when a worker starts (``recover_orphans``); on RDB storages the heartbeat does
+  the same for workers on other machines (``fail_stale_trials`` with ``requeue`` as its callback).
+  So an interrupted study ends with exactly the requested number of finished trials, none lost.
+"""
+from __future__ import annotations
+
+import os
+import re
+import socket
+import warnings
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.storages import BaseStorage
+from optuna.trial import FrozenTrial, TrialState
+
+from ..errors import ConfigError
+
+__all__ = [
+    'HEARTBEAT_GRACE_S', 'HEARTBEAT_INTERVAL_S', 'RETRY_OF', 'WORKER', 'StorageSpec', 'open_storage', 'recover_orphans',
+    'requeue', 'this_worker', 'worker_alive',
+]
+
+HEARTBEAT_INTERVAL_S = 30
+HEARTBEAT_GRACE_S = 120
+WORKER = 'spsearch_worker'
+"""User attribute: ``{'host', 'pid', 'started'}`` of the process that ran the trial."""
+RETRY_OF = 'spsearch_retry_of'
+"""User attribute of a re-queued trial: the number of the interrupted trial it replaces."""
+
+_JOURNAL_SUFFIXES = ('.log', '.journal', '.jsonl')
+
+
+def _process_start(pid: int) -> str | None:
+    """The kernel's start time of ``pid`` (guards against pid reuse); None if unknown or gone."""
+    try:
+        stat = Path(f'/proc/{pid}/stat').read_text()
+    except OSError:
+        return None
+    # fields after the parenthesised command name; starttime is field 22 overall
+    return stat.rsplit(')', 1)[1].split()[19]
+
+
+def this_worker() -> dict[str, Any]:
+    """Identity of this process as stored with each trial."""
+    return {'host': socket.gethostname(), 'pid': os.getpid(), 'started': _process_start(os.getpid())}
+
+
+def worker_alive(worker: dict[str, Any]) -> bool | None:
+    """Whether the worker that ran a trial still runs: True/False on this host, None for another host."""
+    if worker.get('host') != socket.gethostname():
+        return None
+    pid = int(worker.get('pid', -1))
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    except (OSError, ValueError, OverflowError):
+        return False
+    started = worker.get('started')
+    return started is None or _process_start(pid) == started
+
+
+class StorageSpec:
+    """Where a study lives: ``kind`` is ``rdb`` or ``journal``; ``url`` an RDB URL or a journal file path.
+
+    Args:
+        storage: The ``--storage`` value, or None for the default SQLite file in ``output_dir``.
+        output_dir: The search's output folder.
+    """
+
+    def __init__(self, storage: str | None, output_dir: str | os.PathLike[str]) -> None:
+        if storage is None or storage == '':
+            path = Path(output_dir) / 'study.db'
+            self.kind, self.url = 'rdb', f'sqlite:///{path}'
+        elif storage.startswith('journal:'):
+            self.kind, self.url = 'journal', storage[len('journal:'):].removeprefix('//')
+        elif '://' in storage:
+            self.kind, self.url = 'rdb', storage
+        elif storage.endswith(_JOURNAL_SUFFIXES):
+            self.kind, self.url = 'journal', storage
+        elif storage.endswith(('.db', '.sqlite', '.sqlite3')):
+            self.kind, self.url = 'rdb', f'sqlite:///{storage}'
+        else:
+            raise ConfigError(f'--storage {storage!r} is neither a database URL (sqlite:///x.db, postgresql://..., '
+                              f'mysql://...) nor a journal file (*.log, *.journal or journal:PATH)')
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.kind == 'rdb' and self.url.startswith('sqlite')
+
+    @property
+    def file(self) -> Path | None:
+        """The local file holding the study (SQLite or journal), if any."""
+        if self.kind == 'journal':
+            return Path(self.url)
+        if self.is_sqlite:
+            path = self.url.split(':///', 1)[1] if ':///' in self.url else ''
+            return Path(path) if path and path != ':memory:' else None
+        return None
+
+    def display(self) -> str:
+        """The location with any password masked, for logs and reports."""
+        if self.kind == 'journal':
+            return f'journal file {self.url}'
+        return re.sub(r'(://[^:/@]+):[^@]*@', r'\1:***@', self.url)
+
+    def cli_hint(self) -> str:
+        """How to read the study with Optuna's tools."""
+        if self.kind == 'journal':
+            return f'optuna-dashboard {self.url}'
+        return f'optuna-dashboard {self.display()}'
+
+
+def _with_driver(url: str) -> str:
+    """``postgresql://`` -> ``postgresql+psycopg2://`` where only psycopg2 is installed.
+
+    SQLAlchemy >= 2.1 maps a bare ``postgresql://`` to psycopg 3; many installs (and our
+    ``postgres`` extra) have psycopg2, which SQLAlchemy then does not try.
+    """
+    if not url.startswith('postgresql://'):
+        return url
+    import importlib.util
+    if importlib.util.find_spec('psycopg') is None and importlib.util.find_spec('psycopg2') is not None:
+        return 'postgresql+psycopg2://' + url[len('postgresql://'):]
+    return url
+
+
+def open_storage(spec: StorageSpec, *, must_exist: bool = False) -> BaseStorage:
+    """Open (and for RDB URLs connect to) the storage, with the heartbeat on RDB storages.
+
+    Args:
+        spec: Where the study lives.
+        must_exist: Refuse to create a new SQLite or journal file (``--resume``).
+
+    Raises:
+        ConfigError: If the storage cannot be reached or opened, or (``must_exist``) its file is missing.
+    """
+    file = spec.file
+    if file is not None and must_exist and not file.exists():
+        raise ConfigError(f'no study to resume: {file} does not exist; run without --resume to start one, or '
+                          f'pass the --output/--storage of the study to continue')
+    if file is not None and not file.parent.exists() and file.parent != Path(''):
+        if spec.kind == 'journal' or must_exist:
+            raise ConfigError(f'cannot open storage {spec.display()}: folder {file.parent} does not exist')
+        file.parent.mkdir(parents=True, exist_ok=True)
+    if spec.kind == 'journal':
+        from optuna.storages.journal import JournalFileBackend, JournalStorage
+        try:
+            return JournalStorage(JournalFileBackend(str(file)))
+        except OSError as e:
+            raise ConfigError(f'cannot open storage {spec.display()}: {e.strerror or e}') from None
+    engine_kwargs: dict[str, Any] = {'pool_pre_ping': True}
+    if spec.is_sqlite:
+        # wait for a lock instead of failing at once with "database is locked"
+        engine_kwargs['connect_args'] = {'timeout': 60}
+    else:
+        engine_kwargs['connect_args'] = {'connect_timeout': 10}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore', optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(
+                _with_driver(spec.url), engine_kwargs=engine_kwargs, heartbeat_interval=HEARTBEAT_INTERVAL_S,
+                grace_period=HEARTBEAT_GRACE_S, heartbeat_stale_trial_callback=requeue)
+    except ImportError as e:
+        raise ConfigError(f'cannot open storage {spec.display()}: its database driver is missing; for PostgreSQL '
+                          f'pip install "spsearch[postgres]" (psycopg2), for MySQL pip install pymysql') from None
+    except Exception as e:  # sqlalchemy raises many kinds; all mean the URL does not work
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(f'cannot reach storage {spec.display()}: {first[:300]}') from None
+
+
+def requeue(study: optuna.Study, trial: FrozenTrial) -> None:
+    """Queue a new trial with the parameters (and baseline mark) of an interrupted one."""
+    user_attrs = {RETRY_OF: trial.user_attrs.get(RETRY_OF, trial.number)}
+    if trial.user_attrs.get('baseline'):
+        user_attrs['baseline'] = True
+    study.enqueue_trial(trial.params, user_attrs=user_attrs)
+
+
+def recover_orphans(study: optuna.Study, trials: Iterable[FrozenTrial] | None = None) -> list[int]:
+    """Fail and re-queue RUNNING trials whose worker on this host is gone; return their numbers.
+
+    A trial whose worker runs on another host is left to the RDB heartbeat (or, on a journal
+    file, to a worker started on that host). Two workers recovering at once cannot both
+    re-queue a trial: only the one whose state change succeeds does.
+    """
+    storage = study._storage
+    recovered = []
+    for trial in trials if trials is not None else study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if trial.state != TrialState.RUNNING:
+            continue
+        worker = trial.user_attrs.get(WORKER)
+        if not isinstance(worker, dict) or worker_alive(worker) is not False:
+            continue
+        try:
+            storage.set_trial_user_attr(trial._trial_id, 'spsearch_status',
+                                        f'interrupted: worker pid {worker.get("pid")} is gone; re-queued')
+            if not storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
+                continue
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue
+        requeue(study, trial)
+        recovered.append(trial.number)
+    return recovered

@@ -1,0 +1,244 @@
+"""The search, in process: the space's costs and validity rules, budgets, a tiny real study, reports,
+and one-line errors (exit 2) for bad input that leave an existing study untouched."""
+from __future__ import annotations
+
+import csv
+import importlib.util
+import random
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from optuna.trial import TrialState
+
+import spsearch.search.driver as driver
+from spsearch.cli import run_cli
+from spsearch.errors import ConfigError
+from spsearch.search import SearchConfig, run_search
+from spsearch.search.budgets import Costs, check_space_budgets, constraints
+from spsearch.search.reports import pareto_front
+from spsearch.space import SearchSpace, StageChoice
+
+ROOT = Path(__file__).resolve().parent.parent
+_spec = importlib.util.spec_from_file_location('search_cli', ROOT / 'search.py')
+assert _spec is not None and _spec.loader is not None
+search_cli = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(search_cli)
+
+# a tiny proxy: CIFAR ResNet-20 (costs at 32x32 span 0.010-0.047 GMACs), synthetic data, 16px, one epoch
+TINY = dict(model='sp_resnet20', dataset='synthetic', train_samples=64, val_samples=64, proxy_epochs=1,
+            batch_size=32, proxy_img_size=16, workers=0, measure_latency=False, retrain_top=0, progress=False)
+TINY_ARGS = ['--model', 'sp_resnet20', '--dataset', 'synthetic', '--train-samples', '64', '--val-samples', '64',
+             '--proxy-epochs', '1', '--batch-size', '32', '--proxy-img-size', '16', '--workers', '0',
+             '--no-measure-latency', '--retrain-top', '0', '--no-progress']
+
+
+@pytest.fixture(scope='module')
+def space20() -> SearchSpace:
+    return SearchSpace.build('sp_resnet20')
+
+
+# -- the space ---------------------------------------------------------------------------------------------------
+
+
+def test_table_costs_equal_a_fresh_count(space20):
+    rng = random.Random(0)
+    configs = [space20.paper_config(), *(space20.sample(rng) for _ in range(6))]
+    for config in configs:
+        assert space20.cost(config) == space20.cost_direct(config), space20.format(config)
+
+
+def test_bounds_are_the_exact_extremes_of_the_space():
+    space = SearchSpace.build('sp_resnet20', alphas=['vanilla', '1/2', '1/4'], groups=[1, 2])
+    assert space.size == 5 ** 3
+    for metric in ('macs', 'params'):
+        values = {config: getattr(space.cost(config), metric) for config in space}
+        (low, low_config), (high, high_config) = space.bounds(metric)
+        assert low == min(values.values()) and high == max(values.values())
+        assert values[low_config] == low and values[high_config] == high
+        assert getattr(space.cost_direct(low_config), metric) == low
+
+
+def test_resnet34_space_spans_the_default_budget():
+    space = SearchSpace.build('sp_resnet34')
+    (low, _), (high, _) = space.bounds('macs')
+    assert space.input_size == (3, 224, 224)
+    assert low / 1e9 < 2.0 < high / 1e9  # the default budget is binding: configurations on both sides
+    assert round(space.cost(space.paper_config()).macs / 1e9, 3) == 1.459
+    vanilla = tuple(StageChoice(None) for _ in range(4))
+    assert round(space.cost(vanilla).macs / 1e9, 3) == 3.679
+
+
+def test_only_exact_splits_and_vanilla_once():
+    space = SearchSpace.build('sp_resnet34')
+    # stage 1 has 64 input channels: 64/16 = 4 cannot be cut into 8 groups, so that pair is left out
+    assert StageChoice(1 / 16, 4) in space.stages[0] and StageChoice(1 / 16, 8) not in space.stages[0]
+    assert StageChoice(1 / 16, 8) in space.stages[3]
+    for choices in space.stages:
+        assert sum(c.is_vanilla for c in choices) == 1
+        assert len(set(choices)) == len(choices)
+
+
+def test_params_round_trip_and_model_kwargs(space20):
+    config = (StageChoice(None), StageChoice(1 / 4, 2), StageChoice(1.0, 8))
+    params = space20.params(config)
+    assert params == {'stage1': 'vanilla', 'stage2': 'alpha=1/4,G=2', 'stage3': 'alpha=1,G=8'}
+    assert space20.from_params(params) == config
+    assert space20.model_kwargs(config) == {'sp_alpha': ('vanilla', 0.25, 1.0), 'sp_groups': (1, 2, 8)}
+    with pytest.raises(ConfigError, match='not a choice'):
+        space20.check((StageChoice(1 / 3, 2),) * 3)
+
+
+@pytest.mark.parametrize('kwargs,match', [
+    (dict(model='no_such_model'), 'unknown model'),
+    (dict(model='resnet18'), 'no per-stage SPConv settings'),
+    (dict(model='sp_resnet20', alphas=['1/16'], groups=[16]), 'search space is empty'),
+    (dict(model='sp_resnet20', alphas=['2']), 'out of range'),
+])
+def test_space_errors_are_one_line(kwargs, match):
+    with pytest.raises(ConfigError, match=match) as info:
+        SearchSpace.build(**kwargs)
+    assert '\n' not in str(info.value)
+
+
+# -- budgets -----------------------------------------------------------------------------------------------------
+
+
+def test_budget_below_the_minimum_is_refused_with_the_minimum(space20):
+    with pytest.raises(ConfigError, match=r'below the minimum of the search space, 0\.01015 GMACs'):
+        check_space_budgets(space20, {'gmacs': 0.005})
+    notes = check_space_budgets(space20, {'gmacs': 1.0})
+    assert notes and 'every configuration meets --budget-gflops 1' in notes[0]
+    assert check_space_budgets(space20, {'gmacs': 0.02}) == []
+
+
+def test_constraints_are_relative_excess():
+    c = constraints(Costs(gmacs=3.0, mparams=5.0, latency_ms=None), {'gmacs': 2.0, 'mparams': 10.0, 'latency_ms': 5})
+    assert c == {'gmacs': pytest.approx(0.5), 'mparams': pytest.approx(-0.5)}
+
+
+def test_pareto_front():
+    points = [(1.0, 50.0, 'a'), (2.0, 60.0, 'b'), (2.5, 55.0, 'c'), (3.0, 70.0, 'd'), (0.5, 40.0, 'e')]
+    assert [p[2] for p in pareto_front(points)] == ['e', 'a', 'b', 'd']
+
+
+# -- a tiny real study -------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope='module')
+def tiny_study(tmp_path_factory):
+    """8 trials under a 0.016 GMACs budget (about 40% of the space; the paper's 0.018 is over it)."""
+    out = tmp_path_factory.mktemp('tiny')
+    calls: list[dict] = []
+    real_train = driver.train
+
+    def recording_train(cfg, **kwargs):
+        calls.append(dict(cfg.model_kwargs))
+        return real_train(cfg, **kwargs)
+
+    driver.train = recording_train
+    try:
+        cfg = SearchConfig(**TINY, budget_gflops=0.016, n_trials=8, sampler='random', seed=1, output=str(out))
+        run = run_search(cfg)
+    finally:
+        driver.train = real_train
+    assert run is not None
+    return run, calls, cfg
+
+
+def test_tiny_study_completes_within_budget_and_skips_over_budget_training(tiny_study):
+    run, calls, cfg = tiny_study
+    trials = run.study.get_trials()
+    assert len(trials) == 8 and all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    over = [t for t in trials if t.user_attrs.get('spsearch_status', '').startswith('over budget')]
+    assert complete and over
+    for t in complete:
+        assert t.user_attrs['gmacs'] <= 0.016 and t.constraints['gmacs'] <= 0 and t.user_attrs['epochs'] == 1
+    trained = [tuple(c['sp_alpha']) + tuple(c['sp_groups']) for c in calls]
+    for t in over:
+        assert t.state == TrialState.PRUNED and t.constraints['gmacs'] > 0 and 'epochs' not in t.user_attrs
+        kwargs = run.space.model_kwargs(run.space.from_params(t.params))
+        assert tuple(kwargs['sp_alpha']) + tuple(kwargs['sp_groups']) not in trained
+    assert len(calls) == sum(1 for t in trials if 'epochs' in t.user_attrs and 'duplicate_of' not in t.user_attrs)
+    baseline = trials[0]
+    assert baseline.user_attrs.get('baseline') and set(baseline.params.values()) == {'alpha=1/2,G=2'}
+    assert baseline.user_attrs['spsearch_status'].startswith('over budget: 0.01807 GMACs > 0.016')
+
+
+def test_tiny_study_reports(tiny_study):
+    run, _, cfg = tiny_study
+    out = Path(cfg.output_dir)
+    rows = list(csv.DictReader((out / 'trials.csv').open()))
+    assert len(rows) == 8
+    assert {'alpha1', 'groups3', 'gmacs', 'mparams', 'latency_ms', 'proxy_top1', 'epochs', 'trial_s'} <= set(rows[0])
+    front = list(csv.DictReader((out / 'pareto_gmacs.csv').open()))
+    assert front and (out / 'pareto_gmacs.png').read_bytes()[:4] == b'\x89PNG'
+    best = yaml.safe_load((out / 'best.yaml').read_text())
+    complete = [t for t in run.study.get_trials() if t.state == TrialState.COMPLETE]
+    top = max(complete, key=lambda t: t.value)
+    assert best['model'] == 'sp_resnet20' and best['epochs'] == cfg.retrain_epochs
+    assert best['model_kwargs'] == {k: list(v) for k, v in run.space.model_kwargs(
+        run.space.from_params(top.params)).items()}
+    summary = (out / 'summary.md').read_text()
+    assert '1e9 multiply-accumulates' in summary and '| paper |' in summary and 'Machine:' in summary
+    assert yaml.safe_load((out / 'search.yaml').read_text())['budget_gflops'] == 0.016
+
+
+def test_rerun_of_a_finished_study_trains_nothing(tiny_study, monkeypatch):
+    run, _, cfg = tiny_study
+    monkeypatch.setattr(driver, 'train', lambda *a, **k: pytest.fail('a finished study must not train again'))
+    again = run_search(cfg.replace(resume=True))
+    assert again is not None and len(again.study.get_trials()) == 8
+
+
+# -- bad input: one line, exit code 2, the existing study untouched --------------------------------------------
+
+
+def _cli(argv, capsys):
+    code = run_cli(lambda: search_cli.main(argv))
+    err = capsys.readouterr().err.strip()
+    return code, err
+
+
+@pytest.mark.parametrize('extra,match', [
+    (['--budget-gflops', '0'], 'budget must be a number > 0'),
+    (['--budget-gflops', '-1'], 'budget must be a number > 0'),
+    (['--budget-params', '0'], 'budget must be a number > 0'),
+    (['--budget-latency-ms', '-5'], 'budget must be a number > 0'),
+    (['--budget-gflops', '0.005'], 'below the minimum of the search space, 0.01015 GMACs'),
+    (['--budget-gflops', '0.016', '--model', 'sp_resnet_nope'], 'unknown model'),
+    (['--budget-gflops', '0.016', '--alphas', '1/16', '--groups', '16'], 'search space is empty'),
+    (['--budget-gflops', '0.016', '--dataset', 'cifar10', '--data-dir', '/nonexistent/cifar'], 'cifar'),
+    (['--budget-gflops', '0.016', '--storage', 'postgresql://nobody:pw@127.0.0.1:9/none'], 'cannot reach storage'),
+    (['--budget-gflops', '0.016', '--storage', 'mystudy.txt'], 'neither a database URL'),
+    (['--budget-gflops', '0.020', '--resume'], 'no study'),
+])
+def test_bad_input_is_one_line_and_exit_2_and_harms_no_study(tiny_study, capsys, extra, match):
+    run, _, cfg = tiny_study
+    before = [(t.number, t.state, t.params) for t in run.study.get_trials()]
+    files = sorted(p.name for p in Path(cfg.output_dir).iterdir())
+    code, err = _cli([*TINY_ARGS, '--output', cfg.output_dir, '--n-trials', '9', *extra], capsys)
+    assert code == 2, err
+    assert err.startswith('error: ') and '\n' not in err and 'Traceback' not in err
+    assert match in err, err
+    assert [(t.number, t.state, t.params) for t in run.study.get_trials()] == before
+    assert sorted(p.name for p in Path(cfg.output_dir).iterdir()) == files
+
+
+def test_resume_with_other_settings_is_refused(tiny_study, capsys):
+    run, _, cfg = tiny_study
+    before = len(run.study.get_trials())
+    # same study name and storage, but another proxy recipe
+    code, err = _cli([*TINY_ARGS, '--budget-gflops', '0.016', '--output', cfg.output_dir, '--study',
+                      run.study.study_name, '--proxy-epochs', '2', '--n-trials', '9'], capsys)
+    assert code == 2 and 'was created with other settings' in err and 'proxy.epochs: 1 -> 2' in err
+    assert len(optuna.load_study(study_name=run.study.study_name, storage=run.study._storage).get_trials()) == before
+
+
+def test_help_names_the_mac_convention(capsys):
+    with pytest.raises(SystemExit) as info:
+        search_cli.build_parser().parse_args(['--help'])
+    assert info.value.code == 0
+    assert '1e9 multiply-accumulates' in capsys.readouterr().out
