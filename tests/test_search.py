@@ -242,3 +242,22 @@ def test_help_names_the_mac_convention(capsys):
         search_cli.build_parser().parse_args(['--help'])
     assert info.value.code == 0
     assert '1e9 multiply-accumulates' in capsys.readouterr().out
+
+
+def test_retrain_mode_trains_best_yaml_and_the_paper_baseline(tiny_study, capsys):
+    run, _, cfg = tiny_study
+    out = Path(cfg.output_dir)
+    code, err = _cli(['retrain', *TINY_ARGS, '--budget-gflops', '0.016', '--output', str(out), '--retrain-top', '1',
+                      '--retrain-epochs', '1', '--retrain-train-samples', '64', '--retrain-val-samples', '64'], capsys)
+    assert code == 0, err
+    best = yaml.safe_load((out / 'best.yaml').read_text())
+    run_dir = Path(best['output'])
+    assert run_dir.parent == out / 'retrain'
+    assert (run_dir / 'model.safetensors').stat().st_size > 0 and (run_dir / 'last.pth').exists()
+    assert yaml.safe_load((run_dir / 'args.yaml').read_text()) == best  # trained from exactly best.yaml's recipe
+    rows = list(csv.DictReader((out / 'retrain.csv').open()))
+    assert [r['name'] for r in rows] == [run_dir.name, 'paper'] and all(r['status'] == 'trained' for r in rows)
+    assert rows[1]['config'] == 'alpha (1/2, 1/2, 1/2) G (2, 2, 2)' and float(rows[1]['final_top1']) >= 0
+    assert (out / 'retrain' / 'paper' / 'model.safetensors').exists()
+    assert '## Retrained with the full recipe' in (out / 'summary.md').read_text()
+    assert len(run.study.get_trials()) == 8  # the retrain mode adds no trial

@@ -187,9 +187,15 @@ class SearchRun:
         directions: list[Any] = ['maximize', 'minimize'] if cfg.multi_objective else ['maximize']
         with warnings.catch_warnings():
             warnings.simplefilter('ignore', optuna.exceptions.ExperimentalWarning)
-            study = optuna.create_study(storage=storage, study_name=cfg.study_name, sampler=_sampler(cfg, seed),
-                                        pruner=_pruner(cfg), directions=directions, load_if_exists=True)
-        if not exists:
+            try:
+                study = optuna.create_study(storage=storage, study_name=cfg.study_name, sampler=_sampler(cfg, seed),
+                                            pruner=_pruner(cfg), directions=directions, load_if_exists=exists)
+                created = not exists
+            except optuna.exceptions.DuplicatedStudyError:  # a parallel worker created it a moment ago
+                study = optuna.load_study(study_name=cfg.study_name, storage=storage, sampler=_sampler(cfg, seed),
+                                          pruner=_pruner(cfg))
+                created = False
+        if created:
             study.set_user_attr(IDENTITY_ATTR, identity)
             study.set_user_attr('spsearch_command', command or '')
             study.set_user_attr('spsearch_config', cfg.to_dict())
@@ -318,6 +324,7 @@ class SearchRun:
         trial.set_user_attr('train_s', round(result.wall_s, 2))
         trial.set_user_attr('images_per_s', round(result.images_per_s, 1))
         trial.set_user_attr('peak_mem_mb', round(result.peak_mem_mb, 1))
+        trial.set_user_attr('processes', self.accelerator.num_processes)
         trial.set_user_attr('final_top1', result.final_top1)
         trial.set_user_attr('best_top1', result.best_top1)
         trial.set_user_attr('trial_s', round(time.perf_counter() - t0, 2))

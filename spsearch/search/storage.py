@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import re
 import socket
+import time
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
@@ -167,18 +168,35 @@ def open_storage(spec: StorageSpec, *, must_exist: bool = False) -> BaseStorage:
         engine_kwargs['connect_args'] = {'timeout': 60}
     else:
         engine_kwargs['connect_args'] = {'connect_timeout': 10}
+    for attempt in range(3):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter('ignore', optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(
+                    _with_driver(spec.url), engine_kwargs=engine_kwargs, heartbeat_interval=HEARTBEAT_INTERVAL_S,
+                    grace_period=HEARTBEAT_GRACE_S, heartbeat_stale_trial_callback=requeue)
+        except ImportError:
+            raise ConfigError(f'cannot open storage {spec.display()}: its database driver is missing; for '
+                              f'PostgreSQL pip install "spsearch[postgres]" (psycopg2), for MySQL pip install '
+                              f'pymysql') from None
+        except Exception as e:  # sqlalchemy raises many kinds; all but a creation race mean the URL does not work
+            if attempt < 2 and _schema_race(e):
+                time.sleep(1 + attempt)  # another worker is creating the tables right now; they exist next time
+                continue
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ConfigError(f'cannot reach storage {spec.display()}: {first[:300]}') from None
+    raise AssertionError('unreachable')
+
+
+def _schema_race(error: Exception) -> bool:
+    """Two workers creating Optuna's tables in one fresh database at once: one of them fails."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter('ignore', optuna.exceptions.ExperimentalWarning)
-            return optuna.storages.RDBStorage(
-                _with_driver(spec.url), engine_kwargs=engine_kwargs, heartbeat_interval=HEARTBEAT_INTERVAL_S,
-                grace_period=HEARTBEAT_GRACE_S, heartbeat_stale_trial_callback=requeue)
-    except ImportError as e:
-        raise ConfigError(f'cannot open storage {spec.display()}: its database driver is missing; for PostgreSQL '
-                          f'pip install "spsearch[postgres]" (psycopg2), for MySQL pip install pymysql') from None
-    except Exception as e:  # sqlalchemy raises many kinds; all mean the URL does not work
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ConfigError(f'cannot reach storage {spec.display()}: {first[:300]}') from None
+        from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
+    except ImportError:
+        return False
+    text = str(error).lower()
+    return isinstance(error, (IntegrityError, ProgrammingError)) or (
+        isinstance(error, OperationalError) and ('already exists' in text or 'duplicate' in text))
 
 
 def requeue(study: optuna.Study, trial: FrozenTrial) -> None:

@@ -1,0 +1,181 @@
+"""The search across processes: kill -9 then --resume, parallel workers on a journal file and on a
+real PostgreSQL server, a two-process ``accelerate launch`` that samples once per trial, and the
+retrain mode. Every test runs ``search.py`` the way users do, in subprocesses (CPU only)."""
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from spsearch.search.storage import RETRY_OF, WORKER, StorageSpec, open_storage
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = ['--model', 'sp_resnet20', '--dataset', 'synthetic', '--val-samples', '64', '--batch-size', '32',
+        '--proxy-img-size', '16', '--workers', '0', '--no-measure-latency', '--retrain-top', '0', '--pruner', 'none',
+        '--budget-gflops', '0.03']
+ENV = {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONUNBUFFERED': '1'}  # two processes share two cores
+
+
+def _search(*args: str) -> list[str]:
+    return [sys.executable, str(ROOT / 'search.py'), *TINY, *args]
+
+
+def _finished(trials):
+    return [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+
+
+def _load(storage: str, output: Path, study: str) -> optuna.Study:
+    return optuna.load_study(study_name=study, storage=open_storage(StorageSpec(storage, output)))
+
+
+def test_kill_9_then_resume_ends_with_exactly_n_trials(tmp_path):
+    out, n = tmp_path / 'run', 4
+    args = _search('--train-samples', '512', '--proxy-epochs', '2', '--n-trials', str(n), '--output', str(out),
+                   '--study', 'killed', '--no-progress')
+    proc = subprocess.Popen(args, cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    killed = None
+    deadline = time.time() + 240
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            time.sleep(0.5)
+            if not (out / 'study.db').exists():
+                continue
+            try:
+                trials = optuna.load_study(study_name='killed', storage=f'sqlite:///{out}/study.db').get_trials()
+            except (KeyError, optuna.exceptions.StorageInternalError):
+                continue
+            running = [t for t in trials if t.state == TrialState.RUNNING and t.number >= 1 and 'gmacs' in t.user_attrs]
+            if running:
+                time.sleep(1.0)  # inside the proxy training
+                proc.send_signal(signal.SIGKILL)
+                killed = running[0]
+                break
+    finally:
+        if proc.poll() is None and killed is None:
+            proc.kill()
+        proc.wait()
+    stderr = proc.stderr.read().decode()[-2000:] if proc.stderr else ''
+    assert killed is not None, f'no trial was caught running: {stderr}'
+    assert proc.returncode == -signal.SIGKILL
+
+    done = subprocess.run(_search('--train-samples', '512', '--proxy-epochs', '2', '--n-trials', str(n), '--output',
+                                  str(out), '--study', 'killed', '--resume'), cwd=ROOT, env=ENV,
+                          capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f'trial(s) {killed.number} were interrupted' in done.stdout
+    trials = optuna.load_study(study_name='killed', storage=f'sqlite:///{out}/study.db').get_trials()
+    finished = _finished(trials)
+    assert len(finished) == n
+    assert [t.number for t in trials if t.state == TrialState.FAIL] == [killed.number]
+    assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    retries = [t for t in finished if t.user_attrs.get(RETRY_OF) is not None]
+    assert len(retries) == 1 and retries[0].user_attrs[RETRY_OF] == killed.number
+    assert retries[0].params == killed.params
+    # every other finished trial was sampled once and run once
+    assert all(t.user_attrs.get(WORKER) for t in finished)
+
+
+def _two_workers(storage: str, tmp_path: Path, n: int) -> tuple[optuna.Study, list[subprocess.CompletedProcess]]:
+    procs = [subprocess.Popen(_search('--train-samples', '256', '--proxy-epochs', '2', '--n-trials', str(n),
+                                      '--storage', storage, '--study', 'shared', '--output', str(tmp_path / f'w{i}'),
+                                      '--no-progress'),
+                              cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for i in range(2)]
+    results = []
+    for p in procs:
+        stdout, stderr = p.communicate(timeout=500)
+        results.append(subprocess.CompletedProcess(p.args, p.returncode, stdout, stderr))
+    return _load(storage, tmp_path / 'w0', 'shared'), results
+
+
+def _check_shared_study(study: optuna.Study, results: list[subprocess.CompletedProcess], n: int) -> None:
+    for r in results:
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert 'locked' not in r.stderr and 'Traceback' not in r.stderr
+    trials = study.get_trials()
+    assert len(_finished(trials)) == n
+    assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    # a worker that raced for the last slot cancels its extra trial before any work; nothing else fails
+    for t in trials:
+        if t.state == TrialState.FAIL:
+            assert t.user_attrs.get('spsearch_status', '').startswith('cancelled')
+    assert sum(bool(t.user_attrs.get('baseline')) for t in trials) == 1
+    workers = {t.user_attrs[WORKER]['pid'] for t in _finished(trials)}
+    assert len(workers) == 2, 'both workers should have run trials'
+
+
+def test_two_workers_share_a_journal_file(tmp_path):
+    study, results = _two_workers(str(tmp_path / 'study.log'), tmp_path, n=6)
+    _check_shared_study(study, results, n=6)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def postgres_url():
+    """A throw-away PostgreSQL server (Debian's package) on a Unix socket; skipped where it is not installed."""
+    bins = sorted(glob.glob('/usr/lib/postgresql/*/bin/initdb'))
+    if not bins:
+        pytest.skip('PostgreSQL is not installed (apt-get install -y postgresql)')
+    pytest.importorskip('psycopg2')
+    bindir = Path(bins[-1]).parent
+    root = Path(tempfile.mkdtemp(prefix='pg', dir='/tmp'))
+    data, sock = root / 'data', root / 'sock'
+    sock.mkdir()
+    as_user: list[str] = []
+    if os.geteuid() == 0:  # initdb refuses root
+        shutil.chown(root, 'postgres')
+        shutil.chown(sock, 'postgres')
+        as_user = ['runuser', '-u', 'postgres', '--']
+    port = _free_port()
+    subprocess.run([*as_user, str(bindir / 'initdb'), '-D', str(data), '-A', 'trust', '-U', 'postgres', '--no-sync'],
+                   check=True, capture_output=True)
+    subprocess.run([*as_user, str(bindir / 'pg_ctl'), '-D', str(data), '-l', str(root / 'log'), '-w', '-o',
+                    f"-p {port} -k {sock} -c listen_addresses='' -c fsync=off", 'start'], check=True,
+                   capture_output=True)
+    try:
+        yield f'postgresql://postgres@/postgres?host={sock}&port={port}'
+    finally:
+        subprocess.run([*as_user, str(bindir / 'pg_ctl'), '-D', str(data), '-m', 'immediate', 'stop'],
+                       capture_output=True)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_two_workers_share_a_real_postgresql_server(tmp_path, postgres_url):
+    study, results = _two_workers(postgres_url, tmp_path, n=6)
+    _check_shared_study(study, results, n=6)
+
+
+def test_accelerate_two_processes_sample_once_per_trial(tmp_path):
+    out, n = tmp_path / 'ddp', 3
+    cmd = [sys.executable, '-m', 'accelerate.commands.launch', '--multi_gpu', '--num_processes', '2',
+           '--num_machines', '1', '--mixed_precision', 'no', '--dynamo_backend', 'no',
+           *_search('--train-samples', '128', '--proxy-epochs', '1', '--n-trials', str(n), '--output', str(out),
+                    '--study', 'ddp', '--progress')[1:]]
+    done = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=500)
+    assert done.returncode == 0, (done.stdout[-2000:], done.stderr[-3000:])
+    trials = optuna.load_study(study_name='ddp', storage=f'sqlite:///{out}/study.db').get_trials()
+    assert len(trials) == n and len(_finished(trials)) == n  # one sampler: n trials, not one set per process
+    trained = [t for t in trials if 'epochs' in t.user_attrs]
+    assert trained
+    followed = [line for line in done.stdout.splitlines() if line.startswith('[rank 1] trial ')]
+    assert [int(line.split()[3].rstrip(':')) for line in followed] == [t.number for t in trained]
+    for line, t in zip(followed, trained, strict=True):
+        alphas = t.user_attrs['sp_alpha']
+        assert repr(list(alphas)) in line or repr(tuple(alphas)) in line, (line, alphas)
+    assert all(t.user_attrs['images_per_s'] > 0 and t.user_attrs['processes'] == 2 for t in trained)
