@@ -75,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument('--n-trials', type=int, default=D.n_trials,
                    help='finished trials the study ends with (over-budget ones included; they cost no training)')
     g.add_argument('--timeout', type=float, default=D.timeout, metavar='S',
-                   help='start no new trial after S seconds')
+                   help=f'start no new trial after S seconds of search (default {D.timeout:g}: the 20-minute '
+                        f'budget on 2 CPU cores; 0: no limit; --resume completes a study cut short)')
     g.add_argument('--sampler', default=D.sampler, choices=SAMPLERS)
     g.add_argument('--pruner', default=D.pruner, choices=PRUNERS, help='sh = successive halving')
     g.add_argument('--multi-objective', action=argparse.BooleanOptionalAction, default=D.multi_objective,

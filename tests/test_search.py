@@ -261,3 +261,13 @@ def test_retrain_mode_trains_best_yaml_and_the_paper_baseline(tiny_study, capsys
     assert (out / 'retrain' / 'paper' / 'model.safetensors').exists()
     assert '## Retrained with the full recipe' in (out / 'summary.md').read_text()
     assert len(run.study.get_trials()) == 8  # the retrain mode adds no trial
+
+
+def test_default_preset_is_the_embedded_default():
+    assert search_cli.resolve_config(['-c', str(ROOT / 'configs/search/default.yaml')]) == \
+        search_cli.resolve_config(['--budget-gflops', '2.0'])
+    for preset in sorted((ROOT / 'configs/search').glob('*.yaml')):
+        cfg = search_cli.resolve_config(['-c', str(preset)])
+        assert cfg.budgets, preset.name
+        assert all(key.replace('-', '_') in SearchConfig.field_names()
+                   for key in yaml.safe_load(preset.read_text())), preset.name

@@ -57,7 +57,9 @@ class SearchConfig:
         workers: Data loader workers.
         seed: Seed of the sampler, the proxy trainings and the retrains.
         n_trials: Finished trials (complete or pruned, over-budget included) the study should end with.
-        timeout: Stop starting new trials after this many seconds (None: no limit).
+        timeout: Start no new trial after this many seconds of search (None: no limit). The default keeps
+            ``python search.py --budget-gflops 2.0`` within 20 minutes on a 2-core CPU, retrain included;
+            a study cut short ends with fewer than ``n_trials`` trials and ``--resume`` completes it.
         sampler: ``auto`` (TPE, or NSGA-II with ``multi_objective``), ``tpe``, ``random``, ``nsga2``.
         pruner: ``sh`` (successive halving), ``hyperband``, ``median`` or ``none``.
         multi_objective: Maximise accuracy and minimise ``mo_metric`` with NSGA-II (no pruning).
@@ -93,14 +95,14 @@ class SearchConfig:
     loader: str = 'auto'
     proxy_img_size: int = 32
     train_samples: int | None = 2000
-    val_samples: int | None = 1000
+    val_samples: int | None = 2000
     proxy_epochs: int = 3
     batch_size: int = 128
     lr: float = 0.1
     workers: int = 2
     seed: int = 0
-    n_trials: int = 40
-    timeout: float | None = None
+    n_trials: int = 30
+    timeout: float | None = 780.0
     sampler: str = 'auto'
     pruner: str = 'sh'
     multi_objective: bool = False
@@ -110,8 +112,8 @@ class SearchConfig:
     study: str | None = None
     resume: bool = False
     retrain_top: int = 1
-    retrain_epochs: int = 4
-    retrain_train_samples: int | None = 10000
+    retrain_epochs: int = 3
+    retrain_train_samples: int | None = 6000
     retrain_val_samples: int | None = 5000
     retrain_processes: int | None = None
     progress: bool = True
@@ -145,8 +147,10 @@ class SearchConfig:
                                   f'(leave it out for no budget)')
             setattr(self, name, float(value))
         if self.timeout is not None and (isinstance(self.timeout, bool) or not isinstance(self.timeout, (int, float))
-                                         or self.timeout <= 0):
-            raise ConfigError(f'--timeout {self.timeout!r} is invalid: give seconds > 0 (or leave it out)')
+                                         or self.timeout < 0):
+            raise ConfigError(f'--timeout {self.timeout!r} is invalid: give seconds > 0, or 0 for no limit')
+        if self.timeout == 0:
+            self.timeout = None
         choice('mode', MODES)
         choice('sampler', SAMPLERS)
         choice('pruner', PRUNERS)
