@@ -3,7 +3,9 @@
 thop counts convs (bias excluded), batch norms (4 ops per element with affine), pools and linears
 from module hooks, and skips anything computed inside a parent's ``forward``. In ``SPConv2d``
 everything but the fusion is a leaf module thop already knows; ``SoftmaxFusion`` gets the rule
-below, so nothing is missed and nothing is counted twice.
+below, so nothing is missed and nothing is counted twice. The fast implementations of SPConv
+call the convs functionally (hooks would not see them), so the profiled copy runs
+``impl='reference'``: the count is the operator's architecture, whatever implementation runs.
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from typing import cast
 import torch
 from torch import nn
 
-from ..ops import SoftmaxFusion
+from ..ops import SoftmaxFusion, set_spconv_impl
 
 __all__ = ['THOP_CUSTOM_OPS', 'softmax_fusion_macs', 'thop_count']
 
@@ -54,6 +56,7 @@ def thop_count(model: nn.Module, input_size: tuple[int, int, int]) -> tuple[int,
         import thop
 
     probe = copy.deepcopy(model).eval()
+    set_spconv_impl(probe, 'reference')
     param = next(probe.parameters(), None)
     x = torch.zeros((1, *input_size), device=param.device if param is not None else None,
                     dtype=param.dtype if param is not None else None)

@@ -15,6 +15,14 @@ the redundant 1x1) reproduce its parameter counts exactly. Unlike the reference 
 accepts odd spatial sizes at stride 2 (the pools use ``ceil_mode`` and so agree with the strided
 conv), representative channel counts that G does not divide (rounded, see ``sp_split``), any
 batch size and ``alpha=1``.
+
+Implementations (``impl``): ``'reference'`` runs the modules one by one as the paper writes the
+operator (the oracle for tests, and what ``thop`` counts); ``'split'`` and ``'dense'`` compute
+the same function with the fast paths of ``fast_paths`` (batch norms and fusion in one autograd
+Function, BNs folded on the fly at inference), keeping the GWC and PWC as two convs or folding
+them into one dense k x k conv. ``'auto'`` picks per layer by a rule measured on CPU
+(``auto_impl``); ``spsearch.ops.autotune`` picks per layer by timing on the target device.
+Every implementation has the same parameters and state dict.
 """
 from __future__ import annotations
 
@@ -25,10 +33,15 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
+from . import fast_paths
 from .softmax_fusion import SoftmaxFusion
 
-__all__ = ['SPConv2d', 'bn_affine', 'scale_conv_', 'sp_split']
+__all__ = ['SPCONV_IMPLS', 'SPConv2d', 'bn_affine', 'scale_conv_', 'sp_split']
+
+SPCONV_IMPLS = ('reference', 'split', 'dense')
+"""Implementations of ``SPConv2d`` (``impl``); ``'auto'`` picks one per layer by ``auto_impl``."""
 
 
 def sp_split(in_channels: int, alpha: float, groups: int) -> tuple[int, int]:
@@ -126,7 +139,12 @@ class SPConv2d(nn.Module):
         groups: Groups of the group-wise k x k conv (the paper's G, 2 there).
         dilation: Dilation of the group-wise conv.
         bias: Give the redundant 1x1 conv a bias, as the reference implementation does.
-        norm_layer: Norm applied to each branch; ``nn.BatchNorm2d`` as in the paper.
+        norm_layer: Norm applied to each branch; ``nn.BatchNorm2d`` as in the paper. Other norms
+            run the reference implementation.
+        impl: ``'reference'``, ``'split'``, ``'dense'`` or ``'auto'`` (see the module docstring);
+            changeable later with ``set_impl``.
+        recompute: In training, keep only the input for backward and recompute the branch convs
+            there (about the memory of a vanilla conv, for one extra forward of the cheap convs).
         device: Device of the parameters.
         dtype: Dtype of the parameters.
 
@@ -149,6 +167,8 @@ class SPConv2d(nn.Module):
             dilation: int = 1,
             bias: bool = True,
             norm_layer: Callable[..., nn.Module] = nn.BatchNorm2d,
+            impl: str = 'auto',
+            recompute: bool = False,
             device=None,
             dtype=None,
     ) -> None:
@@ -171,6 +191,7 @@ class SPConv2d(nn.Module):
         self.groups = groups
         self.rep_channels = rep
         self.red_channels = red
+        self.recompute = bool(recompute)
 
         self.gwc = nn.Conv2d(
             rep, out_channels, k, stride=stride, padding=dilation * (k - 1) // 2,
@@ -186,14 +207,94 @@ class SPConv2d(nn.Module):
             self.fusion = SoftmaxFusion()
         else:
             self.conv1x1 = self.bn2 = self.fusion = None
+        self.impl = 'reference'
+        self.set_impl(impl)
+
+    def set_impl(self, impl: str) -> None:
+        """Choose the implementation: ``'reference'``, ``'split'``, ``'dense'`` or ``'auto'``.
+
+        Raises:
+            ValueError: For an unknown name, or ``'dense'`` where the stride/dilation cannot be
+                expressed as one dense conv (``fast_paths.dense_supported``).
+        """
+        if impl == 'auto':
+            impl = auto_impl(self.rep_channels, self.groups, self.kernel_size, self.stride, self.dilation)
+        if impl not in SPCONV_IMPLS:
+            raise ValueError(f"impl must be one of {(*SPCONV_IMPLS, 'auto')}, got {impl!r}")
+        if impl == 'dense' and not fast_paths.dense_supported(self.kernel_size, self.stride, self.dilation):
+            raise ValueError(f"impl='dense' needs stride 1, or stride <= {self.kernel_size // 2 + 1} without "
+                             f'dilation; got stride={self.stride}, dilation={self.dilation}; use impl=\'split\'')
+        self.impl = impl
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        norm_mode = self._norm_mode()
+        if self.impl == 'reference' or norm_mode is None:
+            return self.forward_reference(x)
+        dense = self.impl == 'dense' and x.shape[-2] % self.stride == 0 and x.shape[-1] % self.stride == 0
+        if norm_mode != 'batch' and not torch.is_grad_enabled():
+            return fast_paths.infer(
+                x, self.rep_channels, self.gwc, self.pwc, self.bn1, self.conv1x1, self.bn2,
+                self.fusion.gate_scale if self.fusion is not None else None, dense)
+        if self.conv1x1 is None:
+            return self.bn1(self._rep_branch(x, dense))
+        if self.recompute and torch.is_grad_enabled():
+            out, stats = checkpoint(self._fused_branches, x, dense, use_reentrant=False, preserve_rng_state=False)
+        else:
+            out, stats = self._fused_branches(x, dense)
+        if norm_mode == 'batch' and self.training:
+            self._update_running_stats(stats, out.numel() // out.shape[1])
+        return out
+
+    def forward_reference(self, x: torch.Tensor) -> torch.Tensor:
+        """The operator as the paper writes it, module by module (``impl='reference'``)."""
         x_rep = x[:, :self.rep_channels]
         out = self.bn1(self.gwc(x_rep) + self.pwc(self.pool(x_rep)))
         if self.conv1x1 is None or self.bn2 is None or self.fusion is None:
             return out
         red = self.bn2(self.conv1x1(self.pool(x[:, self.rep_channels:])))
         return self.fusion(out, red)
+
+    def _norm_mode(self) -> str | None:
+        """How the fast paths treat the branch norms: 'folded' (both Identity), 'running' (eval
+        batch norms), 'batch' (batch statistics), or None (anything else: use the reference)."""
+        norms = (self.bn1,) if self.bn2 is None else (self.bn1, self.bn2)
+        if all(type(n) is nn.Identity for n in norms):
+            return 'folded'
+        if not all(type(n) is nn.BatchNorm2d for n in norms):
+            return None
+        batch = [n.training or n.running_mean is None for n in norms]
+        if any(batch) != all(batch):
+            return None
+        return 'batch' if batch[0] else 'running'
+
+    def _rep_branch(self, x_rep: torch.Tensor, dense: bool) -> torch.Tensor:
+        weight = (fast_paths.dense_rep_weight(self.gwc.weight, self.pwc.weight, self.groups, self.stride)
+                  if dense else None)
+        return fast_paths.rep_branch(x_rep, self.gwc, self.pwc.weight, weight, self.gwc.bias)
+
+    def _fused_branches(self, x: torch.Tensor, dense: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        assert self.conv1x1 is not None and self.bn2 is not None and self.fusion is not None
+        x_rep, x_red = x.split((self.rep_channels, self.red_channels), dim=1)
+        z_rep = self._rep_branch(x_rep, dense)
+        z_red = self.conv1x1(self.pool(x_red))
+        return fast_paths.BranchFusion.apply(
+            z_rep, z_red, *_norm_args(self.bn1, z_rep), *_norm_args(self.bn2, z_red), self.fusion.gate_scale)
+
+    @torch.no_grad()
+    def _update_running_stats(self, stats: torch.Tensor, count: int) -> None:
+        if count <= 1:
+            raise ValueError(f'Expected more than 1 value per channel when training, got input of {count} per channel')
+        for bn, mean, var in ((self.bn1, stats[0], stats[1]), (self.bn2, stats[2], stats[3])):
+            assert isinstance(bn, nn.BatchNorm2d)
+            if not bn.track_running_stats or bn.running_mean is None or bn.running_var is None:
+                continue
+            factor: float | torch.Tensor = 0.0 if bn.momentum is None else bn.momentum
+            if bn.num_batches_tracked is not None:
+                bn.num_batches_tracked.add_(1)
+                if bn.momentum is None:
+                    factor = 1.0 / bn.num_batches_tracked.to(bn.running_mean.dtype)
+            bn.running_mean.lerp_(mean.to(bn.running_mean.dtype), factor)
+            bn.running_var.lerp_((var * (count / (count - 1))).to(bn.running_var.dtype), factor)
 
     @torch.no_grad()
     def reparameterize(self) -> None:
@@ -236,4 +337,28 @@ class SPConv2d(nn.Module):
         return (f'{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, '
                 f'stride={self.stride}, alpha={self.alpha:g}, groups={self.groups}, '
                 f'split=({self.rep_channels}, {self.red_channels})'
-                + (f', dilation={self.dilation}' if self.dilation != 1 else ''))
+                + (f', dilation={self.dilation}' if self.dilation != 1 else '')
+                + f', impl={self.impl}' + (', recompute=True' if self.recompute else ''))
+
+
+def _norm_args(norm: nn.Module, z: torch.Tensor) -> tuple[Any, ...]:
+    """``BranchFusion`` arguments for one branch norm: weight, bias, running mean/var, eps."""
+    if isinstance(norm, nn.BatchNorm2d):
+        batch = norm.training or norm.running_mean is None
+        return (norm.weight, norm.bias, None if batch else norm.running_mean,
+                None if batch else norm.running_var, norm.eps)
+    # a folded norm is the identity: statistics (0, 1) with eps 0
+    ones = torch.ones(z.shape[1], device=z.device, dtype=torch.promote_types(z.dtype, torch.float32))
+    return None, None, torch.zeros_like(ones), ones, 0.0
+
+
+def auto_impl(rep_channels: int, groups: int, kernel_size: int, stride: int, dilation: int) -> str:
+    """The implementation ``impl='auto'`` picks for one layer (a rule measured on CPU).
+
+    Dense where the group-wise conv has few channels per group (there oneDNN runs one dense conv
+    faster than a grouped conv + a 1x1 conv + an add, although it has more MACs), split otherwise;
+    see ``results/benchmarks.md`` for the per-layer timings behind the threshold.
+    """
+    if fast_paths.dense_supported(kernel_size, stride, dilation) and rep_channels // groups <= 16:
+        return 'dense'
+    return 'split'
