@@ -7,17 +7,24 @@ import ast
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import yaml
 
 from .errors import SPSearchError
 
-__all__ = ['CliError', 'parse_kwargs', 'parse_with_config', 'run_cli']
+__all__ = ['ArgumentParser', 'CliError', 'load_yaml_config', 'parse_kwargs', 'parse_with_config', 'run_cli']
 
 
 class CliError(SPSearchError):
     """A command-line misuse: printed as one line ``error: ...`` and exit code 2, no traceback."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """``argparse.ArgumentParser`` whose usage errors are one line (``error: ... (see --help)``), exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f'error: {message} (see {self.prog} --help)\n')
 
 
 def run_cli(main: Callable[[], int | None]) -> int:
@@ -78,12 +85,16 @@ def load_yaml_config(path: str | Path) -> dict[str, Any]:
 def parse_with_config(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> argparse.Namespace:
     """timm-style parsing: ``-c/--config FILE`` sets the parser's defaults, flags override them.
 
+    The mapping read from the file is kept on the result as ``config_values`` (empty without
+    ``-c``), so a caller can merge values that flags extend rather than replace (``--model-kwargs``).
+
     Raises:
         CliError: On a config key that is not an option of ``parser``.
     """
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument('-c', '--config', default=None)
     known, _ = pre.parse_known_args(argv)
+    config: dict[str, Any] = {}
     if known.config:
         config = load_yaml_config(known.config)
         valid = {a.dest for a in parser._actions}
@@ -92,4 +103,6 @@ def parse_with_config(parser: argparse.ArgumentParser, argv: Sequence[str] | Non
             raise CliError(f'config file {known.config} has unknown key(s) {", ".join(unknown)}; '
                            f'see --help for the valid options')
         parser.set_defaults(**config)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    args.config_values = config
+    return args
