@@ -1,0 +1,116 @@
+"""Training checkpoints: atomic writes, exact-resume state, and weight files timm can load.
+
+A checkpoint (``last.pth``, ``best.pth``) holds everything needed to continue a run so that it ends
+with the same weights as an uninterrupted one: model, optimizer, scheduler, EMA, the RNG states of
+every process, the epoch, the update count and the metric history. It contains only tensors and
+plain Python values, so ``torch.load(..., weights_only=True)`` reads it. Files are written to a
+temporary name and renamed, so an interrupted write never leaves a half file behind.
+
+Exported weights (``model.safetensors``) are a plain state dict that
+``timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=...))`` loads.
+"""
+from __future__ import annotations
+
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import Any, cast
+
+import numpy as np
+import safetensors.torch
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+from ..io import atomic_write
+
+__all__ = ['CHECKPOINT_VERSION', 'export_weights', 'load_checkpoint', 'load_weights', 'rng_state',
+           'save_checkpoint', 'set_rng_state']
+
+CHECKPOINT_VERSION = 1
+
+
+def rng_state() -> dict[str, Any]:
+    """This process' RNG states (torch CPU/CUDA, Python, NumPy) as tensors and plain values."""
+    name, keys, pos, has_gauss, cached = cast(tuple[str, np.ndarray, int, int, float], np.random.get_state())
+    state: dict[str, Any] = {
+        'torch': torch.get_rng_state(),
+        'python': random.getstate(),
+        'numpy': [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
+    }
+    if torch.cuda.is_available():
+        state['cuda'] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what ``rng_state`` returned."""
+    torch.set_rng_state(state['torch'])
+    version, key, *rest = state['python']
+    random.setstate((version, tuple(key), *rest))
+    name, keys, pos, has_gauss, cached = state['numpy']
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    if 'cuda' in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state['cuda'])
+
+
+def save_checkpoint(
+        path: str | os.PathLike[str], state: dict[str, Any], copy_to: str | os.PathLike[str] | None = None) -> None:
+    """Write ``state`` to ``path`` atomically (and the same bytes to ``copy_to``, also atomically)."""
+    atomic_write(path, lambda tmp: torch.save({'version': CHECKPOINT_VERSION, **state}, tmp))
+    if copy_to is not None:
+        atomic_write(copy_to, lambda tmp: _copy(path, tmp))
+
+
+def _copy(src: str | os.PathLike[str], dst: str) -> None:
+    shutil.copyfile(src, dst)
+
+
+def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a checkpoint written by ``save_checkpoint``.
+
+    Raises:
+        ConfigError: If the file is missing or is not an SPSearch training checkpoint.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f'checkpoint {path} does not exist; pass the last.pth of a run (or --resume without a path)')
+    try:
+        state = torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as e:
+        raise ConfigError(f'checkpoint {path} cannot be read ({type(e).__name__}); is it truncated?') from None
+    if not isinstance(state, dict) or 'model' not in state or 'epoch' not in state:
+        raise ConfigError(f'{path} is not a training checkpoint (no model/epoch); resume needs last.pth of a run')
+    return state
+
+
+def load_weights(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+    """A state dict from a ``.safetensors`` file, a training checkpoint, or a plain PyTorch state dict.
+
+    Raises:
+        ConfigError: If the file is missing or holds no state dict.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f'weights file {path} does not exist')
+    try:
+        if path.suffix == '.safetensors':
+            return safetensors.torch.load_file(str(path))
+        state = torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as e:
+        raise ConfigError(f'weights file {path} cannot be read ({type(e).__name__}: {e})') from None
+    if isinstance(state, dict):
+        for key in ('model', 'state_dict'):
+            if isinstance(state.get(key), dict):
+                state = state[key]
+                break
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ConfigError(f'{path} holds no state dict (expected tensors by parameter name)')
+    return state
+
+
+def export_weights(model: nn.Module, path: str | os.PathLike[str]) -> Path:
+    """Write ``model``'s state dict as safetensors, atomically (contiguous CPU copies)."""
+    tensors = {k: v.detach().to('cpu').contiguous() for k, v in model.state_dict().items()}
+    return atomic_write(path, lambda tmp: safetensors.torch.save_file(tensors, tmp))

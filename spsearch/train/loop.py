@@ -1,0 +1,552 @@
+"""The training loop: timm model, optimizer and schedule; accelerate for devices, precision and DDP.
+
+``train(cfg)`` runs one ``TrainConfig`` end to end and returns a ``TrainResult``; ``train.py`` is a
+thin CLI over it and the search calls it for every proxy training. Per epoch it trains, evaluates
+(top-1/top-5, summed over processes so the metrics are exact under DDP), logs a row, writes the
+checkpoints atomically and asks an optional ``epoch_callback`` whether to stop (a pruner), with the
+decision shared by all processes. Nothing is written before the model and the data are known to
+work, so bad input leaves no half-written output folder.
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import resource
+import sys
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import timm
+import timm.optim
+import timm.scheduler
+import timm.utils
+import torch
+from accelerate.utils import set_seed
+from torch import nn
+
+from ..data import DataConfig, Loaders, create_loaders, dataset_info
+from ..errors import ConfigError
+from ..io import atomic_write_json, atomic_write_text, atomic_write_yaml
+from ..provenance import provenance
+from .checkpoint import export_weights, load_checkpoint, load_weights, rng_state, save_checkpoint, set_rng_state
+from .config import TrainConfig
+
+__all__ = ['EpochCallback', 'TrainResult', 'build_model', 'evaluate', 'make_accelerator', 'train']
+
+EpochCallback = Callable[[int, dict[str, float]], bool]
+"""``callback(epoch, metrics) -> stop``: called on the main process after each evaluation."""
+
+
+@dataclass
+class TrainResult:
+    """What a training run achieved.
+
+    Attributes:
+        best_top1: Best validation top-1 (percent) over the epochs run (EMA included when enabled).
+        best_epoch: Epoch (1-based) of ``best_top1``.
+        final_top1: Validation top-1 after the last epoch run.
+        final_top5: Validation top-5 after the last epoch run.
+        epochs_run: Epochs completed, counting those before a resume.
+        stopped_by: ``'callback'`` (e.g. pruned), ``'nonfinite'`` (loss became NaN/inf) or None.
+        history: One dict of metrics per completed epoch.
+        images_per_s: Mean training throughput over the epochs run in this call, all processes.
+        peak_mem_mb: Peak memory of the main process (CUDA allocator, or CPU peak RSS).
+        wall_s: Wall time of this call.
+        params: Parameter count of the model.
+        output: Output folder, if any.
+        weights: Exported final weights (safetensors), if any.
+        message: One human line on how the run ended.
+    """
+
+    best_top1: float = 0.0
+    best_epoch: int = 0
+    final_top1: float = 0.0
+    final_top5: float = 0.0
+    epochs_run: int = 0
+    stopped_by: str | None = None
+    history: list[dict[str, float]] = field(default_factory=list)
+    images_per_s: float = 0.0
+    peak_mem_mb: float = 0.0
+    wall_s: float = 0.0
+    params: int = 0
+    output: str | None = None
+    weights: str | None = None
+    message: str = ''
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def make_accelerator(cfg: TrainConfig) -> Any:
+    """An ``accelerate.Accelerator`` for ``cfg`` (CPU when there is no CUDA; precision checked).
+
+    Raises:
+        ConfigError: fp16 without a GPU (autocast would silently run fp32 there).
+    """
+    from accelerate import Accelerator
+
+    cuda = torch.cuda.is_available()
+    if not cuda and cfg.mixed_precision == 'fp16':
+        raise ConfigError('--mixed-precision fp16 needs a CUDA GPU (on CPU it would silently run fp32); '
+                          'use --mixed-precision no (or bf16)')
+    kwargs: dict[str, Any] = {'cpu': not cuda}
+    if cfg.mixed_precision != 'no':
+        kwargs['mixed_precision'] = cfg.mixed_precision
+    return Accelerator(**kwargs)
+
+
+def build_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
+    """``timm.create_model`` for ``cfg`` (SP models registered), ``num_classes`` from the data set by default.
+
+    Raises:
+        ConfigError: Unknown model, or keyword arguments it rejects.
+    """
+    import timm_plugins  # noqa: F401  (registers the SP models; the loop must work without the caller importing it)
+
+    if not timm.is_model(cfg.model):
+        close = timm.list_models(f'*{cfg.model.split(".")[0][-8:]}*')[:5]
+        hint = f' (close: {", ".join(close)})' if close else ''
+        raise ConfigError(f'unknown model {cfg.model!r}{hint}; see timm.list_models() or timm_plugins.list_sp_models()')
+    kwargs = {'num_classes': num_classes, **cfg.model_kwargs}
+    try:
+        return timm.create_model(cfg.model, **kwargs)
+    except (ValueError, TypeError, KeyError) as e:
+        raise ConfigError(f'cannot build {cfg.model} with {cfg.model_kwargs}: {e}') from None
+
+
+def _input_size(model: nn.Module, cfg: TrainConfig) -> tuple[int, int, int]:
+    pretrained_cfg: dict[str, Any] = getattr(model, 'pretrained_cfg', None) or {}
+    c, h, w = pretrained_cfg.get('input_size', (3, 224, 224))
+    c = int(getattr(model, 'in_chans', c))
+    if cfg.img_size:
+        h = w = cfg.img_size
+    return int(c), int(h), int(w)
+
+
+def _data_config(cfg: TrainConfig) -> DataConfig:
+    return DataConfig(
+        dataset=cfg.dataset, data_dir=cfg.data_dir, loader=cfg.loader, batch_size=cfg.batch_size,
+        eval_batch_size=cfg.eval_batch_size, train_samples=cfg.train_samples, val_samples=cfg.val_samples,
+        augment=cfg.augment, workers=cfg.workers, seed=cfg.seed, download=cfg.download)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: Any, accelerator: Any, *, channels_last: bool = False) -> dict[str, float]:
+    """Loss, top-1 and top-5 (percent) of ``model`` over ``loader``, summed over all processes.
+
+    Every process evaluates its own shard with the unwrapped model (no DDP collectives in the
+    forward); the sums of loss, correct predictions and samples are reduced, so the result is
+    exact whatever the number of processes.
+    """
+    was_training = model.training
+    model.eval()
+    device = accelerator.device
+    totals = torch.zeros(4, dtype=torch.float64, device=device)  # loss_sum, correct1, correct5, count
+    for images, targets in loader:
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with accelerator.autocast():
+            logits = model(images)
+        logits = logits.float()
+        top = logits.topk(min(5, logits.shape[1]), dim=1).indices
+        hits = top.eq(targets[:, None])
+        totals += torch.stack([
+            nn.functional.cross_entropy(logits, targets, reduction='sum').double(),
+            hits[:, :1].sum().double(), hits.sum().double(), torch.tensor(float(targets.numel()), device=device,
+                                                                          dtype=torch.float64)])
+    totals = accelerator.reduce(totals, reduction='sum')
+    model.train(was_training)
+    loss_sum, c1, c5, n = totals.tolist()
+    n = max(n, 1)
+    return {'val_loss': loss_sum / n, 'top1': 100 * c1 / n, 'top5': 100 * c5 / n, 'val_samples': n}
+
+
+def _any_process(accelerator: Any, flag: bool) -> bool:
+    """True on every process when ``flag`` is true on any of them."""
+    if accelerator.num_processes == 1:
+        return flag
+    return bool(accelerator.reduce(torch.tensor(int(flag), device=accelerator.device), reduction='sum').item() > 0)
+
+
+@torch.no_grad()
+def _average_norm_statistics(model: nn.Module, accelerator: Any) -> None:
+    """Average floating-point buffers (BN running statistics) over processes, as timm's ``distribute_bn``.
+
+    DDP keeps parameters identical but every process updates its norms' running statistics on
+    its own shard; without this, processes would evaluate (and rank 0 would export) different models.
+    """
+    if accelerator.num_processes == 1:
+        return
+    import torch.distributed as dist
+    for buffer in model.buffers():
+        if buffer.is_floating_point():
+            dist.all_reduce(buffer, op=dist.ReduceOp.SUM)
+            buffer.div_(accelerator.num_processes)
+
+
+def _peak_memory_mb(device: torch.device) -> float:
+    if device.type == 'cuda':
+        return torch.cuda.max_memory_allocated(device) / 2 ** 20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def _gather_rng_states(accelerator: Any) -> list[dict[str, Any]]:
+    mine = rng_state()
+    if accelerator.num_processes == 1:
+        return [mine]
+    import torch.distributed as dist
+    states: list[Any] = [None] * accelerator.num_processes
+    dist.all_gather_object(states, mine)
+    return states
+
+
+def _write_log_csv(path: Path, history: list[dict[str, float]]) -> None:
+    if not history:
+        return
+    buf = io.StringIO()
+    fields = list(dict.fromkeys(k for row in history for k in row))
+    writer = csv.DictWriter(buf, fieldnames=fields)
+    writer.writeheader()
+    writer.writerows(history)
+    atomic_write_text(path, buf.getvalue())
+
+
+def _format_epoch(row: dict[str, float], epochs: int) -> str:
+    line = (f"epoch {int(row['epoch'])}/{epochs}  lr {row['lr']:.4g}  train_loss {row['train_loss']:.4f}  "
+            f"val_loss {row['val_loss']:.4f}  top1 {row['top1']:.2f}  top5 {row['top5']:.2f}")
+    if 'ema_top1' in row:
+        line += f"  ema_top1 {row['ema_top1']:.2f}"
+    return line + f"  {row['images_per_s']:.0f} img/s  {row['epoch_time_s']:.1f}s"
+
+
+@contextlib.contextmanager
+def _progress(total: int, desc: str, enabled: bool) -> Iterator[Any]:
+    if not enabled:
+        yield None
+        return
+    from tqdm.auto import tqdm
+    bar = tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True, mininterval=1.0, file=sys.stderr)
+    try:
+        yield bar
+    finally:
+        bar.close()
+
+
+class _Run:
+    """One call of ``train``: the objects of the run and the epoch loop (kept private)."""
+
+    def __init__(self, cfg: TrainConfig, accelerator: Any, epoch_callback: EpochCallback | None) -> None:
+        self.cfg = cfg
+        self.acc = accelerator
+        self.callback = epoch_callback
+        self.main = accelerator.is_main_process
+        self.out = Path(cfg.output) if cfg.output else None
+
+    def log(self, text: str) -> None:
+        if self.main and self.cfg.progress:
+            print(text, flush=True)
+
+    def setup(self) -> None:
+        cfg, acc = self.cfg, self.acc
+        if acc.device.type == 'cpu' and acc.mixed_precision == 'bf16':
+            warnings.warn('bf16 autocast on this CPU can be ~30x slower than fp32 (no AVX-512/AMX); '
+                          'mixed precision is meant for the GPU', stacklevel=3)
+        data_cfg = _data_config(cfg)
+        info = dataset_info(data_cfg)
+        set_seed(cfg.seed)  # identical initialisation on every process and on resume
+        model = build_model(cfg, info.num_classes)
+        self.params = sum(p.numel() for p in model.parameters())
+        self.input_size = _input_size(model, cfg)
+        self.loaders: Loaders = create_loaders(
+            data_cfg, input_size=self.input_size, device=acc.device, mean=cfg.mean, std=cfg.std,
+            process_index=acc.process_index, num_processes=acc.num_processes)
+        self.resume_state = self._find_resume_state()
+        self._check_output_folder()
+
+        if cfg.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        model = model.to(acc.device)
+        self.optimizer = timm.optim.create_optimizer_v2(
+            model, opt=cfg.opt, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum)
+        self.updates_per_epoch = len(self.loaders.train)
+        self.scheduler = None
+        if cfg.sched != 'none':
+            self.scheduler, _ = timm.scheduler.create_scheduler_v2(
+                self.optimizer, sched=cfg.sched, num_epochs=cfg.epochs, decay_epochs=cfg.decay_epochs,
+                decay_milestones=list(cfg.decay_milestones), decay_rate=cfg.decay_rate, min_lr=cfg.min_lr,
+                warmup_lr=cfg.warmup_lr, warmup_epochs=cfg.warmup_epochs, step_on_epochs=False,
+                updates_per_epoch=self.updates_per_epoch)
+        self.ema = timm.utils.ModelEmaV3(model, decay=cfg.ema_decay) if cfg.ema else None
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+        self.raw_model = model
+        if cfg.compile:
+            model = torch.compile(model)  # type: ignore[assignment]
+        self.model, self.optimizer = acc.prepare(model, self.optimizer)
+        self.start_epoch, self.num_updates = 0, 0
+        self.history: list[dict[str, float]] = []
+        self.best_top1, self.best_epoch = -1.0, 0
+        if self.resume_state is not None:
+            self._restore(self.resume_state)
+        elif self.scheduler is not None:
+            self.scheduler.step_update(0)
+
+    def _find_resume_state(self) -> dict[str, Any] | None:
+        cfg = self.cfg
+        if not cfg.resume:
+            return None
+        auto = cfg.resume is True or str(cfg.resume).lower() in ('auto', 'true')
+        path = (self.out / 'last.pth') if auto and self.out else Path(str(cfg.resume))
+        if auto and not path.exists():
+            self.log(f'resume: no checkpoint at {path} yet; starting from scratch')
+            return None
+        state = load_checkpoint(path)
+        saved = state.get('config', {})
+        now = cfg.to_dict()
+        changed = sorted(k for k in now if k not in TrainConfig.RESUMABLE_CHANGES and saved.get(k) != now[k])
+        if changed:
+            diffs = ', '.join(f'{k}: {saved.get(k)!r} -> {now[k]!r}' for k in changed[:4])
+            raise ConfigError(f'cannot resume {path}: the run used different settings ({diffs}); '
+                              f'resume with the same options or start a new --output')
+        if state['epoch'] >= cfg.epochs:
+            self.log(f'resume: {path} already finished {state["epoch"]} epochs (of --epochs {cfg.epochs})')
+        self.log(f'resume: continuing {path} after epoch {state["epoch"]}')
+        return state
+
+    def _check_output_folder(self) -> None:
+        if self.out is None or self.resume_state is not None or self.cfg.evaluate_only:
+            return
+        if (self.out / 'last.pth').exists() and not self.cfg.resume:
+            raise ConfigError(f'output folder {self.out} already holds a run (last.pth); '
+                              f'pass --resume to continue it or choose another --output')
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        self.raw_model.load_state_dict(state['model'])
+        self.optimizer.load_state_dict(state['optimizer'])
+        if self.scheduler is not None and state.get('scheduler') is not None:
+            self.scheduler.load_state_dict(state['scheduler'])
+        if self.ema is not None and state.get('ema') is not None:
+            self.ema.module.load_state_dict(state['ema'])
+        rngs = state.get('rng') or []
+        if len(rngs) == self.acc.num_processes:
+            set_rng_state(rngs[self.acc.process_index])
+        self.start_epoch = int(state['epoch'])
+        self.num_updates = int(state.get('num_updates', 0))
+        self.history = list(state.get('history', []))
+        self.best_top1 = float(state.get('best_top1', -1.0))
+        self.best_epoch = int(state.get('best_epoch', 0))
+
+    def _state(self, epoch: int) -> dict[str, Any]:
+        return {
+            'config': self.cfg.to_dict(), 'epoch': epoch, 'num_updates': self.num_updates,
+            'model': self.raw_model.state_dict(), 'optimizer': self.optimizer.state_dict(),
+            'scheduler': self.scheduler.state_dict() if self.scheduler is not None else None,
+            'ema': self.ema.module.state_dict() if self.ema is not None else None,
+            'rng': _gather_rng_states(self.acc), 'history': self.history,
+            'best_top1': self.best_top1, 'best_epoch': self.best_epoch,
+        }
+
+    def train_epoch(self, epoch: int) -> tuple[dict[str, float], bool]:
+        """One epoch of training; returns its metrics and whether the loss became non-finite."""
+        cfg, acc = self.cfg, self.acc
+        loader = self.loaders.train
+        loader.set_epoch(epoch)
+        self.model.train()
+        loss_sum = torch.zeros((), dtype=torch.float64, device=acc.device)
+        nonfinite = torch.zeros((), dtype=torch.int64, device=acc.device)
+        seen, start, steps = 0, time.perf_counter(), len(loader)
+        with _progress(steps, f'epoch {epoch + 1}/{cfg.epochs}', self.main and cfg.progress) as bar:
+            for step, (images, targets) in enumerate(loader):
+                if cfg.channels_last:
+                    images = images.contiguous(memory_format=torch.channels_last)
+                with acc.autocast():
+                    loss = self.criterion(self.model(images), targets)
+                acc.backward(loss)
+                if cfg.clip_grad is not None:
+                    acc.clip_grad_norm_(self.model.parameters(), cfg.clip_grad)
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                self.num_updates += 1
+                if self.scheduler is not None:
+                    self.scheduler.step_update(self.num_updates)
+                if self.ema is not None:
+                    self.ema.update(self.raw_model, step=self.num_updates)
+                loss = loss.detach()
+                loss_sum += loss.double() * targets.shape[0]
+                nonfinite += (~torch.isfinite(loss)).long()
+                seen += targets.shape[0]
+                if (step + 1) % cfg.log_interval == 0 or step + 1 == steps:
+                    if _any_process(acc, bool(nonfinite.item())):
+                        return {}, True
+                    if bar is not None:
+                        elapsed = time.perf_counter() - start
+                        bar.set_postfix(loss=f'{loss.item():.3f}', img_s=f'{seen * acc.num_processes / elapsed:.0f}')
+                if bar is not None:
+                    bar.update(1)
+        elapsed = time.perf_counter() - start
+        totals = acc.reduce(torch.stack([loss_sum, torch.tensor(float(seen), dtype=torch.float64,
+                                                                device=acc.device)]), reduction='sum')
+        loss_total, seen_total = totals.tolist()
+        lr = self.optimizer.param_groups[0]['lr']
+        return {'train_loss': loss_total / max(seen_total, 1), 'lr': lr,
+                'images_per_s': seen_total / elapsed, 'train_time_s': elapsed}, False
+
+    def run(self) -> TrainResult:
+        cfg, acc = self.cfg, self.acc
+        started = time.perf_counter()
+        result = TrainResult(params=self.params, output=str(self.out) if self.out else None)
+        if self.main:
+            self.log(f'{cfg.model} {cfg.model_kwargs or ""} | {self.params / 1e6:.3f}M params | '
+                     f'input {"x".join(map(str, self.input_size))} | {self.loaders.info.name}: '
+                     f'{self.loaders.info.num_train} train / {self.loaders.info.num_val} val | '
+                     f'loader {self.loaders.kind} ({self.loaders.reason}) | {acc.num_processes} process(es) on '
+                     f'{acc.device.type}, precision {acc.mixed_precision}')
+            if self.out is not None:
+                atomic_write_yaml(self.out / 'args.yaml', cfg.to_dict())
+        throughputs = []
+        for epoch in range(self.start_epoch, cfg.epochs):
+            epoch_start = time.perf_counter()
+            train_metrics, bad = self.train_epoch(epoch)
+            if bad:
+                result.stopped_by = 'nonfinite'
+                where = f'{self.out / "last.pth"} (epoch {epoch})' if self.out and epoch > 0 else 'none (first epoch)'
+                result.message = (f'training loss became non-finite in epoch {epoch + 1}; stopped. Last good '
+                                  f'checkpoint: {where}. Lower --lr or set --clip-grad')
+                break
+            _average_norm_statistics(self.raw_model, acc)
+            if self.ema is not None:
+                _average_norm_statistics(self.ema.module, acc)
+            metrics = evaluate(self.raw_model, self.loaders.val, acc, channels_last=cfg.channels_last)
+            row: dict[str, float] = {'epoch': epoch + 1, **train_metrics, **metrics}
+            score = metrics['top1']
+            if self.ema is not None:
+                ema_metrics = evaluate(self.ema.module, self.loaders.val, acc, channels_last=cfg.channels_last)
+                row.update({f'ema_{k}': v for k, v in ema_metrics.items() if k != 'val_samples'})
+                score = max(score, ema_metrics['top1'])
+            row['epoch_time_s'] = time.perf_counter() - epoch_start
+            self.history.append(row)
+            throughputs.append(train_metrics['images_per_s'])
+            is_best = score > self.best_top1
+            if is_best:
+                self.best_top1, self.best_epoch = score, epoch + 1
+            self._save(epoch + 1, is_best)
+            self.log(_format_epoch(row, cfg.epochs))
+            stop = bool(self.callback(epoch + 1, dict(row))) if self.main and self.callback is not None else False
+            if _any_process(acc, stop):
+                result.stopped_by = 'callback'
+                result.message = f'stopped by the epoch callback after epoch {epoch + 1}'
+                break
+        else:
+            result.message = f'finished {cfg.epochs} epochs'
+        if self.history:
+            last = self.history[-1]
+            result.final_top1, result.final_top5 = last['top1'], last['top5']
+        result.best_top1, result.best_epoch = max(self.best_top1, 0.0), self.best_epoch
+        result.epochs_run = len(self.history)
+        result.history = list(self.history)
+        result.images_per_s = sum(throughputs) / len(throughputs) if throughputs else 0.0
+        result.peak_mem_mb = _peak_memory_mb(acc.device)
+        result.wall_s = time.perf_counter() - started
+        if self.out is not None and self.main and result.stopped_by != 'nonfinite' and self.history:
+            result.weights = str(export_weights(self.raw_model, self.out / 'model.safetensors'))
+            if self.ema is not None:
+                export_weights(self.ema.module, self.out / 'model_ema.safetensors')
+        if self.out is not None and self.main:
+            self._write_summary(result)
+        return result
+
+    def _save(self, epoch: int, is_best: bool) -> None:
+        if self.out is None:
+            return
+        if self.cfg.save_checkpoints:
+            state = self._state(epoch)  # every process takes part (RNG states are gathered)
+            if self.main:
+                save_checkpoint(self.out / 'last.pth', state, copy_to=self.out / 'best.pth' if is_best else None)
+        if self.main:
+            _write_log_csv(self.out / 'log.csv', self.history)
+
+    def _write_summary(self, result: TrainResult) -> None:
+        from ..cost import UnsupportedModuleError, analytic_count
+        try:
+            macs: int | None = analytic_count(self.raw_model, self.input_size).macs
+        except UnsupportedModuleError:
+            macs = None
+        summary = {
+            **{k: v for k, v in result.to_dict().items() if k != 'history'},
+            'gmacs': macs / 1e9 if macs is not None else None,
+            'gmacs_convention': 'GMACs = 1e9 multiply-accumulates (the SPConv paper\'s "GFLOPs")',
+            'input_size': list(self.input_size),
+            'loader': {'kind': self.loaders.kind, 'reason': self.loaders.reason},
+            'dataset': {'name': self.loaders.info.name, 'num_train': self.loaders.info.num_train,
+                        'num_val': self.loaders.info.num_val, 'root': self.loaders.info.root},
+            'num_processes': self.acc.num_processes, 'mixed_precision': self.acc.mixed_precision,
+            'device': str(self.acc.device), 'peak_mem_kind': 'cuda_max_allocated' if self.acc.device.type == 'cuda'
+            else 'cpu_peak_rss_main_process',
+            'config': self.cfg.to_dict(), **provenance(),
+        }
+        atomic_write_json(self.out / 'summary.json', summary)  # type: ignore[operator]
+
+
+def _evaluate_only(cfg: TrainConfig, accelerator: Any) -> TrainResult:
+    data_cfg = _data_config(cfg)
+    info = dataset_info(data_cfg)
+    model = build_model(cfg, info.num_classes)
+    state = load_weights(str(cfg.checkpoint))
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[0]
+        raise ConfigError(f'{cfg.checkpoint} does not fit {cfg.model} {cfg.model_kwargs}: {first}; '
+                          f'pass the same --model and --model-kwargs as the run that wrote it') from None
+    loaders = create_loaders(data_cfg, input_size=_input_size(model, cfg), device=accelerator.device, mean=cfg.mean,
+                             std=cfg.std, process_index=accelerator.process_index,
+                             num_processes=accelerator.num_processes)
+    model = model.to(accelerator.device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    started = time.perf_counter()
+    metrics = evaluate(model, loaders.val, accelerator, channels_last=cfg.channels_last)
+    result = TrainResult(final_top1=metrics['top1'], final_top5=metrics['top5'], best_top1=metrics['top1'],
+                         params=sum(p.numel() for p in model.parameters()), wall_s=time.perf_counter() - started,
+                         history=[metrics], output=cfg.output,
+                         message=f'evaluated {cfg.checkpoint}: top1 {metrics["top1"]:.2f} top5 {metrics["top5"]:.2f} '
+                                 f'on {int(metrics["val_samples"])} {info.name} images')
+    if cfg.output and accelerator.is_main_process:
+        atomic_write_json(Path(cfg.output) / 'eval.json', {**metrics, 'checkpoint': cfg.checkpoint,
+                                                          'config': cfg.to_dict(), **provenance()})
+    return result
+
+
+def train(cfg: TrainConfig, *, accelerator: Any = None, epoch_callback: EpochCallback | None = None) -> TrainResult:
+    """Train (or, with ``cfg.evaluate_only``, evaluate) a model as ``cfg`` says.
+
+    Args:
+        cfg: The run's configuration.
+        accelerator: An ``accelerate.Accelerator`` to use (the search passes its own); by default
+            one is made for ``cfg`` (``make_accelerator``).
+        epoch_callback: Called on the main process after each epoch's evaluation with the epoch
+            (1-based) and its metrics (``top1``, ``top5``, ``val_loss``, ``train_loss``, ...);
+            returning True stops the run on every process (an Optuna pruner, for example).
+
+    Returns:
+        The run's ``TrainResult``.
+
+    Raises:
+        SPSearchError: On bad input (unknown model, missing data, bad options), before anything is
+            written to ``cfg.output``.
+    """
+    accelerator = accelerator if accelerator is not None else make_accelerator(cfg)
+    try:
+        if cfg.evaluate_only:
+            return _evaluate_only(cfg, accelerator)
+        run = _Run(cfg, accelerator, epoch_callback)
+        run.setup()
+        return run.run()
+    finally:
+        accelerator.free_memory()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
