@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import json
 import random
 from pathlib import Path
 
 import optuna
 import pytest
+import torch
 import yaml
 from optuna.trial import TrialState
 
@@ -16,7 +18,7 @@ import spsearch.search.driver as driver
 from spsearch.cli import run_cli
 from spsearch.errors import ConfigError
 from spsearch.search import SearchConfig, run_search
-from spsearch.search.budgets import Costs, check_space_budgets, constraints
+from spsearch.search.budgets import Costs, check_space_budgets, constraints, latency_bounds, latency_protocol
 from spsearch.search.reports import pareto_front
 from spsearch.space import SearchSpace, StageChoice
 
@@ -193,6 +195,40 @@ def test_rerun_of_a_finished_study_trains_nothing(tiny_study, monkeypatch):
     assert again is not None and len(again.study.get_trials()) == 8
 
 
+@pytest.fixture
+def one_thread():
+    """Time with one thread: on a busy machine a descheduled second thread stalls every op (~100x)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_latency_budget_ends_slow_candidates_before_training(tmp_path, monkeypatch, one_thread):
+    calls: list[dict] = []
+    real_train = driver.train
+    monkeypatch.setattr(driver, 'train', lambda cfg, **kw: calls.append(cfg.model_kwargs) or real_train(cfg, **kw))
+    space = SearchSpace.build('sp_resnet20')
+    protocol = latency_protocol('cpu', 1, 2, 5)
+    low, high = latency_bounds(space, protocol)
+    assert 0 < low < high
+    budget = (low + high) / 2
+    cfg = SearchConfig(**{**TINY, 'measure_latency': True}, budget_latency_ms=budget, latency_warmup=2,
+                       latency_repeats=5, n_trials=5, sampler='random', seed=3, output=str(tmp_path))
+    run = run_search(cfg)
+    assert run is not None
+    trials = run.study.get_trials()
+    assert len(trials) == 5 and all(t.user_attrs.get('latency_ms') for t in trials)
+    for t in trials:
+        over = t.user_attrs['latency_ms'] > budget
+        assert (t.constraints['latency_ms'] > 0) == over
+        assert ('epochs' in t.user_attrs) == (not over), (t.number, t.user_attrs['latency_ms'], budget)
+    assert len(calls) == sum('epochs' in t.user_attrs for t in trials)
+    cache = json.loads((tmp_path / 'latency_cache.json').read_text())
+    assert len(cache) == len({tuple(sorted(t.params.items())) for t in trials})
+    assert (tmp_path / 'pareto_latency.csv').exists() or not calls
+
+
 # -- bad input: one line, exit code 2, the existing study untouched --------------------------------------------
 
 
@@ -214,8 +250,10 @@ def _cli(argv, capsys):
     (['--budget-gflops', '0.016', '--storage', 'postgresql://nobody:pw@127.0.0.1:9/none'], 'cannot reach storage'),
     (['--budget-gflops', '0.016', '--storage', 'mystudy.txt'], 'neither a database URL'),
     (['--budget-gflops', '0.020', '--resume'], 'no study'),
+    (['--budget-latency-ms', '0.0001', '--latency-warmup', '1', '--latency-repeats', '3'],
+     'below the minimum latency of the search space, about'),
 ])
-def test_bad_input_is_one_line_and_exit_2_and_harms_no_study(tiny_study, capsys, extra, match):
+def test_bad_input_is_one_line_and_exit_2_and_harms_no_study(tiny_study, capsys, one_thread, extra, match):
     run, _, cfg = tiny_study
     before = [(t.number, t.state, t.params) for t in run.study.get_trials()]
     files = sorted(p.name for p in Path(cfg.output_dir).iterdir())

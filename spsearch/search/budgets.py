@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,8 +24,8 @@ from ..io import atomic_write_json
 from ..space import Config, SearchSpace
 
 __all__ = [
-    'BUDGET_FLAGS', 'Costs', 'LatencyCache', 'check_space_budgets', 'constraints', 'latency_protocol',
-    'measure_config_latency', 'violations',
+    'BUDGET_FLAGS', 'Costs', 'LatencyCache', 'check_latency_budget', 'check_space_budgets', 'constraints',
+    'latency_bounds', 'latency_protocol', 'measure_config_latency', 'violations',
 ]
 
 BUDGET_FLAGS = {'gmacs': '--budget-gflops', 'mparams': '--budget-params', 'latency_ms': '--budget-latency-ms'}
@@ -158,3 +159,120 @@ def measure_config_latency(space: SearchSpace, config: Config, protocol: dict[st
                             repeats=protocol['repeats'], fused=True)
     return {'median_ms': stats.median_ms, 'p25_ms': stats.p25_ms, 'p75_ms': stats.p75_ms,
             'device_name': protocol['device_name'], 'batch_size': protocol['batch_size']}
+
+
+def _stage_modules(model: Any) -> list[Any] | None:
+    names = getattr(model, 'stage_names', None) or [f'layer{i}' for i in range(1, 9) if hasattr(model, f'layer{i}')]
+    modules = [getattr(model, name, None) for name in names]
+    return modules if modules and all(m is not None for m in modules) else None
+
+
+def _time_stages(model: Any, stages: list[Any], x: Any, warmup: int, repeats: int,
+                 sync: Callable[[], None]) -> tuple[list[float], float]:
+    """Median ms of each stage inside the forward pass, and of the rest of it (stem and head)."""
+    import statistics
+    import time
+
+    import torch
+
+    times: list[list[float]] = [[] for _ in stages]
+    marks: dict[int, float] = {}
+
+    def pre(i: int) -> Callable[..., None]:
+        def hook(*_: Any) -> None:
+            sync()
+            marks[i] = time.perf_counter()
+        return hook
+
+    def post(i: int) -> Callable[..., None]:
+        def hook(*_: Any) -> None:
+            sync()
+            times[i].append(time.perf_counter() - marks[i])
+        return hook
+
+    handles = [h for i, m in enumerate(stages) for h in (m.register_forward_pre_hook(pre(i)),
+                                                          m.register_forward_hook(post(i)))]
+    totals = []
+    try:
+        with torch.inference_mode():
+            for step in range(warmup + repeats):
+                sync()
+                start = time.perf_counter()
+                model(x)
+                sync()
+                if step >= warmup:
+                    totals.append(time.perf_counter() - start)
+                else:
+                    for t in times:
+                        t.clear()
+    finally:
+        for h in handles:
+            h.remove()
+    # the rest (stem, head, hooks) per step, so that noise between steps does not leak into it
+    rest = [total - sum(t[step] for t in times) for step, total in enumerate(totals)]
+    return [statistics.median(t) * 1000 for t in times], max(0.0, statistics.median(rest) * 1000)
+
+
+def latency_bounds(space: SearchSpace, protocol: dict[str, Any]) -> tuple[float, float] | None:
+    """Estimated minimum and maximum latency (ms) over the space, from per-stage timings.
+
+    Latency has no exact extreme short of timing every configuration, but stages run one after
+    another, so a configuration's latency is close to the stem and head's time plus each stage's
+    time for its choice. For every distinct choice one model with that choice in every stage is
+    timed under the protocol, with each stage timed inside the same forward pass (synchronised
+    hooks); the bounds add up the fastest and the slowest choice per stage.
+
+    Returns:
+        ``(low, high)`` in ms, or None when the model's stages are not modules (no estimate).
+    """
+    import timm
+    import torch
+
+    from ..cost.latency import prepare_model
+
+    device = torch.device(protocol['device'], torch.cuda.current_device()) if protocol['device'] == 'cuda' \
+        else torch.device('cpu')
+    sync = torch.cuda.synchronize if device.type == 'cuda' else (lambda: None)
+    extra: dict[str, Any] = {} if space.num_classes is None else {'num_classes': space.num_classes}
+    distinct = sorted({c for choices in space.stages for c in choices}, key=lambda c: c.label)
+    per_stage: list[dict[Any, float]] = [{} for _ in space.stages]
+    rest: list[float] = []
+    x = torch.randn(protocol['batch_size'], *space.input_size, device=device)
+    for choice in distinct:
+        config = tuple(choice if choice in choices else choices[0] for choices in space.stages)
+        model = prepare_model(timm.create_model(space.model, **space.model_kwargs(config), **extra), device, fused=True)
+        stages = _stage_modules(model)
+        if stages is None:
+            return None
+        medians, other = _time_stages(model, stages, x, protocol['warmup'], protocol['repeats'], sync)
+        for i, c in enumerate(config):
+            per_stage[i][c] = min(per_stage[i].get(c, float('inf')), medians[i])
+        rest.append(other)
+    base = min(rest)
+    low = base + sum(min(s.values()) for s in per_stage)
+    high = base + sum(max(s.values()) for s in per_stage)
+    return low, high
+
+
+def check_latency_budget(space: SearchSpace, budget: float, protocol: dict[str, Any]) -> list[str]:
+    """Refuse a latency budget clearly below the space's estimated minimum; note one above its maximum.
+
+    The estimate (``latency_bounds``) carries timing noise, so the refusal keeps a 10% margin.
+
+    Raises:
+        ConfigError: ``budget`` < 0.9 x the estimated minimum, with that minimum.
+    """
+    bounds = latency_bounds(space, protocol)
+    where = f'on {protocol["device_name"]} ({protocol["device"]}) at batch {protocol["batch_size"]}'
+    if bounds is None:
+        return [f'no latency estimate for {space.model} (its stages are not modules): --budget-latency-ms is '
+                f'only checked per candidate']
+    low, high = bounds
+    if budget < 0.9 * low:
+        raise ConfigError(f'--budget-latency-ms {budget:g} is below the minimum latency of the search space, about '
+                          f'{low:.3g} ms {where} (fastest choice per stage, timed per stage); raise the budget or '
+                          f'use --latency-device/--latency-batch-size of your target')
+    notes = [f'the space spans about {low:.3g}-{high:.3g} ms {where} (per-stage estimate)']
+    if budget > 1.1 * high:
+        notes.append(f'every configuration meets --budget-latency-ms {budget:g}: it constrains nothing')
+    return notes

@@ -42,6 +42,7 @@ from ..train import TrainConfig, TrainResult, make_accelerator, train
 from .budgets import (
     Costs,
     LatencyCache,
+    check_latency_budget,
     check_space_budgets,
     constraints,
     latency_protocol,
@@ -159,6 +160,10 @@ class SearchRun:
         if cfg.uses_latency and cfg.mode == 'search':
             protocol = latency_protocol(cfg.latency_device, cfg.latency_batch_size, cfg.latency_warmup,
                                         cfg.latency_repeats)
+            if cfg.budget_latency_ms is not None and not cfg.resume:
+                log(f'timing the {space.num_stages} stages of every choice on {protocol["device"]} to check '
+                    f'--budget-latency-ms against the space ...')
+                notes += check_latency_budget(space, cfg.budget_latency_ms, protocol)
         output = Path(cfg.output_dir)
         spec = StorageSpec(cfg.storage, output)
         must_exist = cfg.resume or cfg.mode != 'search'
