@@ -229,6 +229,27 @@ def test_latency_budget_ends_slow_candidates_before_training(tmp_path, monkeypat
     assert (tmp_path / 'pareto_latency.csv').exists() or not calls
 
 
+def test_multi_objective_nsga2_without_pruning(tmp_path):
+    cfg = SearchConfig(**{**TINY, 'proxy_epochs': 2}, budget_gflops=0.03, multi_objective=True, n_trials=4,
+                       output=str(tmp_path))
+    run = run_search(cfg)
+    assert run is not None and isinstance(run.study.sampler, optuna.samplers.NSGAIISampler)
+    assert isinstance(run.study.pruner, optuna.pruners.NopPruner)
+    complete = [t for t in run.study.get_trials() if t.state == TrialState.COMPLETE]
+    assert complete and all(len(t.values) == 2 and t.values[1] == pytest.approx(t.user_attrs['gmacs'])
+                            and t.user_attrs['epochs'] == 2 for t in complete)
+    assert run.study.metric_names == ['proxy_top1', 'gmacs']
+
+
+def test_timeout_stops_starting_trials(tmp_path):
+    cfg = SearchConfig(**TINY, budget_gflops=0.03, n_trials=50, timeout=0.01, output=str(tmp_path))
+    run = run_search(cfg)
+    assert run is not None
+    trials = run.study.get_trials()
+    assert len(trials) < 50 and not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.FAIL)]
+    assert 'Trials:' in (tmp_path / 'summary.md').read_text()
+
+
 # -- bad input: one line, exit code 2, the existing study untouched --------------------------------------------
 
 

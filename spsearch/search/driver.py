@@ -50,7 +50,16 @@ from .budgets import (
     violations,
 )
 from .config import SearchConfig
-from .storage import RETRY_OF, WORKER, StorageSpec, open_storage, recover_orphans, this_worker, worker_alive
+from .storage import (
+    RETRY_OF,
+    WORKER,
+    StorageSpec,
+    open_storage,
+    recover_orphans,
+    requeue,
+    this_worker,
+    worker_alive,
+)
 
 __all__ = ['IDENTITY_ATTR', 'SearchRun', 'run_search']
 
@@ -175,7 +184,7 @@ class SearchRun:
             raise ConfigError(f'no study named {cfg.study_name!r} in {spec.display()}{known}; pass --study NAME'
                               + ('' if cfg.mode != 'search' else ', or drop --resume to start it'))
         identity = {'space': space.to_dict(), **cfg.identity()}
-        existing_trials = 0
+        existing_trials, others_live = 0, False
         if exists:
             stored = optuna.load_study(study_name=cfg.study_name, storage=storage).user_attrs.get(IDENTITY_ATTR)
             if stored is not None and cfg.mode == 'search':
@@ -184,10 +193,12 @@ class SearchRun:
                     raise ConfigError(f'study {cfg.study_name!r} was created with other settings '
                                       f'({"; ".join(diffs[:3])}); use the same options to continue it, or a new '
                                       f'--study/--output for a new search')
-            existing_trials = len(optuna.load_study(study_name=cfg.study_name, storage=storage).get_trials(
-                deepcopy=False))
+            existing = optuna.load_study(study_name=cfg.study_name, storage=storage).get_trials(deepcopy=False)
+            existing_trials = len(existing)
+            others_live = any(t.state == TrialState.RUNNING and worker_alive(t.user_attrs.get(WORKER) or {}) is True
+                              for t in existing)
         seed = cfg.seed + existing_trials
-        if cfg.storage is not None:
+        if cfg.storage is not None or others_live:
             seed += os.getpid()  # a shared storage may have parallel workers: do not sample in lockstep
         directions: list[Any] = ['maximize', 'minimize'] if cfg.multi_objective else ['maximize']
         with warnings.catch_warnings():
@@ -213,13 +224,10 @@ class SearchRun:
             else:
                 notes.append(f'the paper configuration ({space.format(paper)}) is not in this space, so it is no '
                              f'trial; it is still retrained as the baseline')
-        elif cfg.mode == 'search' and cfg.storage is not None and spec.is_sqlite:
-            busy = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-                    if worker_alive(t.user_attrs.get(WORKER) or {}) is True]
-            if busy:
-                notes.append('another worker is running this SQLite study: SQLite serialises writers and may '
-                             'fail with "database is locked"; for parallel workers use a journal file '
-                             '(--storage study.log) or PostgreSQL/MySQL (--storage postgresql://...)')
+        elif cfg.mode == 'search' and spec.is_sqlite and others_live:
+            notes.append('another worker is running this SQLite study: SQLite serialises writers and may fail '
+                         'with "database is locked"; for parallel workers use a journal file (--storage study.log) '
+                         'or PostgreSQL/MySQL (--storage postgresql://...)')
         run = cls(cfg, space, spec, study, output, accelerator, log, notes, protocol=protocol)
         if cfg.mode == 'search':
             atomic_write_yaml(output / 'search.yaml', cfg.to_dict())
@@ -289,6 +297,15 @@ class SearchRun:
             raise _Cancelled
 
     def _objective(self, trial: optuna.Trial) -> float | tuple[float, float]:
+        try:
+            return self._evaluate(trial)
+        except KeyboardInterrupt:
+            # Optuna fails the trial; queue its parameters again so that --resume runs it, as after a kill
+            trial.set_user_attr(STATUS, 'interrupted (Ctrl-C); re-queued')
+            requeue(self.study, trial)
+            raise
+
+    def _evaluate(self, trial: optuna.Trial) -> float | tuple[float, float]:
         cfg = self.cfg
         trial.set_user_attr(WORKER, this_worker())
         enqueued = 'baseline' in trial.user_attrs or RETRY_OF in trial.user_attrs
@@ -488,11 +505,11 @@ def run_search(cfg: SearchConfig, *, accelerator: Any = None, log: Callable[[str
         raise
     if distributed:
         _broadcast({'cmd': 'stop'})
-    wall = time.perf_counter() - run.started
-    write_reports(run, search_wall_s=wall if cfg.mode == 'search' else None)
+    wall = time.perf_counter() - run.started if cfg.mode == 'search' else None
+    write_reports(run, search_wall_s=wall)
     if cfg.mode in ('search', 'retrain') and cfg.retrain_top > 0:
         retrain(run)
-        write_reports(run, search_wall_s=wall if cfg.mode == 'search' else None)
+        write_reports(run, search_wall_s=wall, total_wall_s=time.perf_counter() - run.started)
     return run
 
 

@@ -154,7 +154,8 @@ def _plot(path: Path, points: list[tuple[float, float, Any]], front: list[tuple[
     plt.close(fig)
 
 
-def write_reports(run: SearchRun, search_wall_s: float | None = None) -> dict[str, Any]:
+def write_reports(run: SearchRun, search_wall_s: float | None = None, total_wall_s: float | None = None
+                  ) -> dict[str, Any]:
     """Write every report of ``run``'s study; return what was written (paths and the best trials)."""
     trials = run.study.get_trials(deepcopy=False)
     out = run.output
@@ -177,7 +178,7 @@ def write_reports(run: SearchRun, search_wall_s: float | None = None) -> dict[st
             experiment=f'search {run.study.study_name} trial-{t.number}')
         atomic_write_yaml(out / 'best.yaml', recipe.to_dict())
         written['best'] = out / 'best.yaml'
-    atomic_write_text(out / 'summary.md', _summary(run, trials, written, search_wall_s))
+    atomic_write_text(out / 'summary.md', _summary(run, trials, written, search_wall_s, total_wall_s))
     written['summary'] = out / 'summary.md'
     return written
 
@@ -186,7 +187,8 @@ def _fmt(value: Any, digits: int = 2) -> str:
     return '-' if value is None or value == '' else f'{float(value):.{digits}f}'
 
 
-def _summary(run: SearchRun, trials: list[FrozenTrial], written: dict[str, Any], wall: float | None) -> str:
+def _summary(run: SearchRun, trials: list[FrozenTrial], written: dict[str, Any], wall: float | None,
+             total: float | None) -> str:
     cfg, space = run.cfg, run.space
     prov = provenance()
     lines = [markdown_header(f'Search {run.study.study_name}', prov), '']
@@ -209,6 +211,8 @@ def _summary(run: SearchRun, trials: list[FrozenTrial], written: dict[str, Any],
                  f'{over} over budget, ended before training')
     if wall is not None:
         lines.append(f'- Search wall time (this run): {wall / 60:.1f} min')
+    if total is not None:
+        lines.append(f'- Search and retrain wall time (this run, after start-up): {total / 60:.1f} min')
     lines.append('')
     best = best_trials(trials)
     paper = [t for t in trials if t.user_attrs.get('baseline') and t.state in (TrialState.COMPLETE,

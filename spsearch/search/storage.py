@@ -199,7 +199,7 @@ def _schema_race(error: Exception) -> bool:
         isinstance(error, OperationalError) and ('already exists' in text or 'duplicate' in text))
 
 
-def requeue(study: optuna.Study, trial: FrozenTrial) -> None:
+def requeue(study: optuna.Study, trial: FrozenTrial | optuna.Trial) -> None:
     """Queue a new trial with the parameters (and baseline mark) of an interrupted one."""
     user_attrs = {RETRY_OF: trial.user_attrs.get(RETRY_OF, trial.number)}
     if trial.user_attrs.get('baseline'):
