@@ -447,3 +447,52 @@ def _cost_tables(model: str, stages: Sequence[Sequence[StageChoice]], input_size
             single = count(alphas, groups)
             deltas[i][choice] = Count(single.macs - reference.macs, single.params - reference.params)
     return reference, deltas
+
+
+def _share_within(space: SearchSpace, metric: str, budget: float) -> float:
+    """Exact share of the space's configurations with ``metric <= budget`` (a walk over the per-stage tables)."""
+    counts: dict[int, int] = {0: 1}  # partial cost -> number of partial configurations
+    for i, choices in enumerate(space.stages):
+        nxt: dict[int, int] = {}
+        for partial, n in counts.items():
+            for c in choices:
+                value = partial + (0 if c.is_vanilla else getattr(space._deltas[i][c], metric))
+                nxt[value] = nxt.get(value, 0) + n
+        counts = nxt
+    base = getattr(space._reference, metric)
+    return sum(n for value, n in counts.items() if base + value <= budget) / space.size
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m spsearch.space --model sp_resnet34 --budget-gflops 2.0``: what a search space holds."""
+    import argparse
+
+    import timm_plugins  # noqa: F401  (registers the SP models)
+
+    parser = argparse.ArgumentParser(description='Describe the per-stage alpha/G search space of an SP model: '
+                                                 'choices, size and exact GMACs/params extremes.')
+    parser.add_argument('--model', default='sp_resnet34')
+    parser.add_argument('--alphas', nargs='+', default=['vanilla', '1', '1/2', '1/4', '1/8', '1/16'])
+    parser.add_argument('--groups', nargs='+', type=int, default=list(GROUP_CHOICES))
+    parser.add_argument('--eval-img-size', type=int, default=None)
+    parser.add_argument('--budget-gflops', type=float, default=None, help='also give the share of the space within it')
+    args = parser.parse_args(argv)
+    space = SearchSpace.build(args.model, args.alphas, args.groups, args.eval_img_size)
+    print(f'{space!r}; GMACs = 1e9 multiply-accumulates')
+    print(space.describe())
+    for metric, scale, unit in (('macs', 1e9, 'GMACs'), ('params', 1e6, 'M params')):
+        (low, low_config), (high, high_config) = space.bounds(metric)
+        print(f'{unit}: min {low / scale:.4f} {space.format(low_config)}; max {high / scale:.4f} '
+              f'{space.format(high_config)}')
+    vanilla = tuple(StageChoice(None) for _ in space.stages)
+    for name, config in (('paper (alpha 1/2, G 2)', space.paper_config()), ('vanilla', vanilla)):
+        cost = space.cost(config) if space.contains(config) else space.cost_direct(config)
+        print(f'{name}: {cost.macs / 1e9:.4f} GMACs, {cost.params / 1e6:.3f}M params')
+    if args.budget_gflops is not None:
+        share = _share_within(space, 'macs', args.budget_gflops * 1e9)
+        print(f'within {args.budget_gflops:g} GMACs: {share:.1%} of the {space.size:,} configurations')
+    return 0
+
+
+if __name__ == '__main__':
+    raise SystemExit(main())

@@ -62,6 +62,16 @@ def test_bounds_are_the_exact_extremes_of_the_space():
         assert getattr(space.cost_direct(low_config), metric) == low
 
 
+def test_share_within_budget_is_exact_and_main_prints_the_space(capsys):
+    from spsearch.space import _share_within, main
+    space = SearchSpace.build('sp_resnet20', alphas=['vanilla', '1/2', '1/4'], groups=[1, 2])
+    budget = 0.02e9
+    assert _share_within(space, 'macs', budget) == sum(space.cost(c).macs <= budget for c in space) / space.size
+    assert main(['--model', 'sp_resnet20', '--budget-gflops', '0.02']) == 0
+    out = capsys.readouterr().out
+    assert 'GMACs: min 0.0101' in out and 'of the 4,050 configurations' in out
+
+
 def test_resnet34_space_spans_the_default_budget():
     space = SearchSpace.build('sp_resnet34')
     (low, _), (high, _) = space.bounds('macs')

@@ -4,6 +4,7 @@ retrain mode. Every test runs ``search.py`` the way users do, in subprocesses (C
 from __future__ import annotations
 
 import glob
+import json
 import os
 import shutil
 import signal
@@ -84,6 +85,11 @@ def test_kill_9_then_resume_ends_with_exactly_n_trials(tmp_path):
     assert retries[0].params == killed.params
     # every other finished trial was sampled once and run once
     assert all(t.user_attrs.get(WORKER) for t in finished)
+    # Optuna's own CLI reads the study (optuna-dashboard takes the same storage URL)
+    listed = subprocess.run([str(Path(sys.executable).parent / 'optuna'), 'trials', '--storage',
+                             f'sqlite:///{out}/study.db', '--study-name', 'killed', '-f', 'json'],
+                            capture_output=True, text=True, timeout=120)
+    assert listed.returncode == 0 and len(json.loads(listed.stdout)) == len(trials)
 
 
 def _two_workers(storage: str, tmp_path: Path, n: int) -> tuple[optuna.Study, list[subprocess.CompletedProcess]]:

@@ -424,7 +424,10 @@ class SearchRun:
                 if self.cfg.multi_objective:
                     return False
                 trial.report(metrics['top1'], epoch)
-                return prune_allowed and trial.should_prune()
+                # asked even for the baseline: successive halving records its rungs there, which the others
+                # are ranked against
+                prune = trial.should_prune()
+                return prune_allowed and prune
             except BaseException as e:  # stop every process together, then re-raise below
                 failure.append(e)
                 return True
