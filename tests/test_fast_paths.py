@@ -39,13 +39,17 @@ def run(m: nn.Module, x: torch.Tensor, g: torch.Tensor | None = None) -> tuple[t
     return y.detach(), x.grad, grads
 
 
-@pytest.mark.parametrize('impl,train,channels_last,recompute', [
-    ('split', True, False, False), ('dense', True, False, False), ('split', False, False, False),
-    ('dense', False, True, False), ('dense', True, True, False), ('split', True, True, True),
-    ('dense', True, False, True),
+@pytest.mark.parametrize('impl,train,channels_last,recompute,gemm', [
+    ('split', True, False, False, True), ('dense', True, False, False, False), ('split', False, False, False, True),
+    ('split', False, True, False, False), ('dense', False, False, False, True), ('dense', False, True, False, False),
+    ('dense', True, True, False, True), ('split', True, True, True, False), ('dense', True, False, True, True),
+    ('split', True, True, False, True),
 ])
-def test_grid_matches_reference_outputs_gradients_and_running_stats(impl, train, channels_last, recompute):
-    """float64 so that any difference beyond rounding is a bug, not noise."""
+def test_grid_matches_reference_outputs_gradients_and_running_stats(impl, train, channels_last, recompute, gemm,
+                                                                   monkeypatch):
+    """float64 so that any difference beyond rounding is a bug, not noise. ``gemm`` picks the
+    Function with the redundant 1x1 conv inside (GemmBranchFusion) or outside (BranchFusion)."""
+    monkeypatch.setattr(fast_paths, 'GEMM_MIN_PIXELS_TRAIN', 0 if gemm else 10 ** 9)
     torch.manual_seed(0)
     for alpha, groups, stride, (h, w), batch in GRID:
         ref = SPConv2d(16, 24, stride=stride, alpha=alpha, groups=groups, impl='reference').double()
@@ -69,6 +73,12 @@ def test_grid_matches_reference_outputs_gradients_and_running_stats(impl, train,
         if channels_last:
             assert y.is_contiguous(memory_format=torch.channels_last) == y_ref.is_contiguous(
                 memory_format=torch.channels_last)
+        for min_pixels in ([0, 10 ** 9] if not train else []):  # the no-grad path, per-sample GEMM or not
+            monkeypatch.setattr(fast_paths, 'GEMM_MIN_PIXELS', min_pixels)
+            with torch.inference_mode():
+                y = fast(x)
+            assert y.is_contiguous(memory_format=torch.channels_last) == channels_last
+            torch.testing.assert_close(y, y_ref, rtol=1e-10, atol=1e-10, msg=f'inference {min_pixels} {case}')
 
 
 @pytest.mark.parametrize('impl', ['split', 'dense'])
@@ -141,6 +151,31 @@ def test_branch_fusion_gradcheck(batch_stats, affine, gate):
     assert torch.autograd.gradcheck(lambda *a: fast_paths.BranchFusion.apply(*a)[0], args)
 
 
+@pytest.mark.parametrize('batch_stats,channels_last,gate', [(True, False, False), (True, True, True),
+                                                          (False, True, False), (False, False, True)])
+def test_gemm_branch_fusion_gradcheck(batch_stats, channels_last, gate):
+    """Inputs as in a layer: u is a channel slice of a (channels_last) input, so a strided view."""
+    torch.manual_seed(0)
+    d = dict(dtype=torch.float64)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    z1 = torch.randn(3, 4, 3, 2, **d).contiguous(memory_format=fmt).requires_grad_()
+    x = torch.randn(3, 5, 3, 2, **d).contiguous(memory_format=fmt).requires_grad_()
+    conv_w = torch.randn(4, 3, 1, 1, **d, requires_grad=True)
+    conv_b = torch.randn(4, **d, requires_grad=True)
+
+    def norm_args() -> tuple:
+        running = (None, None) if batch_stats else (torch.randn(4, **d), torch.rand(4, **d) + 0.5)
+        return (torch.rand(4, **d) + 0.5).requires_grad_(), torch.randn(4, **d, requires_grad=True), *running, 1e-5
+
+    gate_scale = torch.randn(1, 4, 1, 1, **d) if gate else None
+    n1, n2 = norm_args(), norm_args()
+
+    def fn(z1, x, conv_w, conv_b, w1, b1, w2, b2):
+        return fast_paths.GemmBranchFusion.apply(z1, x[:, 2:], conv_w, conv_b, w1, b1, *n1[2:], w2, b2, *n2[2:],
+                                                 gate_scale)[0]
+    assert torch.autograd.gradcheck(fn, (z1, x, conv_w, conv_b, n1[0], n1[1], n2[0], n2[1]))
+
+
 @pytest.mark.parametrize('stride,size,exact', [(1, (7, 9), True), (2, (8, 6), True), (2, (7, 8), False)])
 def test_dense_weight_equals_gwc_plus_pooled_pwc(stride, size, exact):
     """The fold is exact at stride 1 and at stride 2 with even sizes; SPConv2d falls back otherwise."""
@@ -182,16 +217,21 @@ def saved_bytes(m: nn.Module, x: torch.Tensor) -> int:
     return total
 
 
-def test_training_memory_fast_paths_store_less():
-    """Reference stores ~5 full maps per layer; the fused path 2 (the conv outputs); recompute none."""
+def test_training_memory_fast_paths_store_less(monkeypatch):
+    """Per layer autograd keeps: reference ~5 full-size maps; BranchFusion the two conv outputs;
+    GemmBranchFusion only the representative one (the redundant input is a view of the layer
+    input); recompute nothing but the input."""
     m = SPConv2d(32, 32)
-    x = torch.randn(8, 32, 16, 16, requires_grad=True)
-    full_map = 8 * 32 * 16 * 16 * 4
-    ref, fused, lean = (saved_bytes(clone_as(m, impl, rc), x) for impl, rc in
-                        [('reference', False), ('dense', False), ('dense', True)])
-    assert ref >= 4 * full_map
-    assert 2 * full_map <= fused < 2.1 * full_map
-    assert lean < 0.05 * full_map
+    x = torch.randn(8, 32, 32, 32, requires_grad=True)
+    full_map = 8 * 32 * 32 * 32 * 4
+    small = 0.05 * full_map  # weights and per-channel vectors
+    assert saved_bytes(clone_as(m, 'reference'), x) >= 4 * full_map
+    monkeypatch.setattr(fast_paths, 'GEMM_MIN_PIXELS_TRAIN', 10 ** 9)
+    assert 2 * full_map <= saved_bytes(clone_as(m, 'dense'), x) < 2 * full_map + small
+    monkeypatch.setattr(fast_paths, 'GEMM_MIN_PIXELS_TRAIN', 0)
+    assert full_map <= saved_bytes(clone_as(m, 'split'), x) < full_map + small
+    assert full_map <= saved_bytes(clone_as(m, 'dense'), x) < full_map + small
+    assert saved_bytes(clone_as(m, 'dense', recompute=True), x) < small
 
 
 def test_torch_compile_fullgraph_spconv_and_blocks():

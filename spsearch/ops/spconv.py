@@ -276,7 +276,12 @@ class SPConv2d(nn.Module):
         assert self.conv1x1 is not None and self.bn2 is not None and self.fusion is not None
         x_rep, x_red = x.split((self.rep_channels, self.red_channels), dim=1)
         z_rep = self._rep_branch(x_rep, dense)
-        z_red = self.conv1x1(self.pool(x_red))
+        u = self.pool(x_red)
+        if z_rep.shape[-1] * z_rep.shape[-2] >= fast_paths.GEMM_MIN_PIXELS_TRAIN:
+            return fast_paths.GemmBranchFusion.apply(
+                z_rep, u, self.conv1x1.weight, self.conv1x1.bias, *_norm_args(self.bn1, z_rep),
+                *_norm_args(self.bn2, z_rep), self.fusion.gate_scale)
+        z_red = self.conv1x1(u)
         return fast_paths.BranchFusion.apply(
             z_rep, z_red, *_norm_args(self.bn1, z_rep), *_norm_args(self.bn2, z_red), self.fusion.gate_scale)
 
