@@ -41,6 +41,11 @@ def space20() -> SearchSpace:
     return SearchSpace.build('sp_resnet20')
 
 
+@pytest.fixture(scope='module')
+def space34() -> SearchSpace:
+    return SearchSpace.build('sp_resnet34')
+
+
 # -- the space ---------------------------------------------------------------------------------------------------
 
 
@@ -72,8 +77,8 @@ def test_share_within_budget_is_exact_and_main_prints_the_space(capsys):
     assert 'GMACs: min 0.0101' in out and 'of the 4,050 configurations' in out
 
 
-def test_resnet34_space_spans_the_default_budget():
-    space = SearchSpace.build('sp_resnet34')
+def test_resnet34_space_spans_the_default_budget(space34):
+    space = space34
     (low, _), (high, _) = space.bounds('macs')
     assert space.input_size == (3, 224, 224)
     assert low / 1e9 < 2.0 < high / 1e9  # the default budget is binding: configurations on both sides
@@ -82,8 +87,8 @@ def test_resnet34_space_spans_the_default_budget():
     assert round(space.cost(vanilla).macs / 1e9, 3) == 3.679
 
 
-def test_only_exact_splits_and_vanilla_once():
-    space = SearchSpace.build('sp_resnet34')
+def test_only_exact_splits_and_vanilla_once(space34):
+    space = space34
     # stage 1 has 64 input channels: 64/16 = 4 cannot be cut into 8 groups, so that pair is left out
     assert StageChoice(1 / 16, 4) in space.stages[0] and StageChoice(1 / 16, 8) not in space.stages[0]
     assert StageChoice(1 / 16, 8) in space.stages[3]

@@ -22,7 +22,7 @@ from .reports import best_trials, csv_text, proxy_top1
 if TYPE_CHECKING:
     from .driver import SearchRun
 
-__all__ = ['TRAIN_PY', 'launch_command', 'retrain']
+__all__ = ['TRAIN_PY', 'clean_env', 'launch_command', 'retrain']
 
 TRAIN_PY = Path(__file__).resolve().parents[2] / 'train.py'
 
@@ -37,6 +37,20 @@ def launch_command(config_yaml: Path, processes: int, resume: bool) -> list[str]
     if resume:
         cmd.append('--resume')
     return cmd
+
+
+_LAUNCH_VARS = ('RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'LOCAL_WORLD_SIZE', 'GROUP_RANK', 'GROUP_WORLD_SIZE', 'ROLE_RANK',
+                'ROLE_WORLD_SIZE', 'ROLE_NAME', 'MASTER_ADDR', 'MASTER_PORT')
+
+
+def clean_env() -> dict[str, str]:
+    """This process' environment without the variables of its own launch (``accelerate launch``/torchrun).
+
+    A search run with several processes retrains from its main process; a child launch that
+    inherited RANK/WORLD_SIZE/MASTER_PORT or ACCELERATE_* would join (and hang on) the parent's group.
+    """
+    return {k: v for k, v in os.environ.items()
+            if k not in _LAUNCH_VARS and not k.startswith(('ACCELERATE_', 'TORCHELASTIC_'))}
 
 
 def _default_processes() -> int:
@@ -94,7 +108,7 @@ def retrain(run: SearchRun, top: int | None = None) -> list[dict[str, Any]]:
             resume = (run_dir / 'last.pth').exists()
             cmd = launch_command(config_yaml, processes, resume)
             run.log(f'retrain {name}: {space.format(config)} | {" ".join(cmd[1:])}')
-            env = {**os.environ, 'PYTHONUNBUFFERED': '1'}
+            env = {**clean_env(), 'PYTHONUNBUFFERED': '1'}
             code = subprocess.run(cmd, env=env, check=False).returncode
             done = _finished(run_dir, recipe_dict)
             status = 'trained' if done is not None else f'failed (exit code {code})'
