@@ -163,6 +163,9 @@ class SearchRun:
 
         space = SearchSpace.build(cfg.model, cfg.alphas, cfg.groups, cfg.eval_img_size)
         notes = check_space_budgets(space, cfg.budgets)
+        if not cfg.budgets:
+            notes.append('no budget given: the search is unconstrained (--budget-gflops, --budget-params, '
+                         '--budget-latency-ms)')
         if cfg.mode == 'search':
             _check_dataset(cfg)
         protocol = None
