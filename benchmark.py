@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import ctypes
 import io
 import json
 import os
@@ -33,6 +34,7 @@ from spsearch.cli import CliError, parse_kwargs, run_cli
 from spsearch.cost import UnsupportedModuleError, analytic_count
 from spsearch.cost.latency import make_step, peak_memory_mb, prepare_model, summarize, time_interleaved
 from spsearch.io import atomic_write_text
+from spsearch.ops import SPCONV_IMPLS, autotune, set_spconv_impl
 from spsearch.provenance import markdown_header, provenance
 
 
@@ -58,6 +60,14 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument('--fused', nargs='?', const='yes', default='no', choices=['no', 'yes', 'both'],
                        help='inference with every BN folded (both models); "both" measures folded and not')
     group.add_argument('--threads', type=int, default=None, help='torch CPU threads (default: usable cores)')
+    group.add_argument('--sp-impl', choices=[*SPCONV_IMPLS, 'auto', 'tune'], default='auto',
+                       help='SPConv implementation (SPConv2d.set_impl); "tune" times split vs dense per layer on this '
+                            'device and batch first (spsearch.ops.autotune)')
+    group.add_argument('--sp-recompute', action='store_true',
+                       help='training: recompute the SPConv branch convs in backward instead of storing them')
+    group.add_argument('--malloc', choices=['default', 'keep'], default='default',
+                       help='"keep": glibc keeps freed memory (mallopt M_MMAP_THRESHOLD=1 GiB, M_TRIM_THRESHOLD=2 GiB) '
+                            'instead of returning every large tensor to the OS; both models alike')
     group = parser.add_argument_group('protocol and output')
     group.add_argument('--warmup', type=int, default=3)
     group.add_argument('--repeats', type=int, default=10)
@@ -83,7 +93,34 @@ def create(name: str, kwargs: dict[str, Any], num_classes: int | None) -> torch.
 def condition_name(c: dict[str, Any]) -> str:
     parts = [c['bench'], c['device'].replace(':', ''), f"bs{c['batch_size']}", c['amp'] if c['amp'] != 'no' else 'fp32']
     parts += [tag for tag, on in (('cl', c['channels_last']), ('fused', c['fused']), ('compiled', c['compile'])) if on]
+    impl = c.get('sp_impl', 'auto')
+    parts += [tag for tag, on in ((f'sp{impl}', impl != 'auto'), ('recompute', c.get('sp_recompute')),
+                                  ('mallockeep', c.get('malloc') == 'keep')) if on]
     return '_'.join(parts)
+
+
+def set_malloc(mode: str) -> None:
+    """``keep``: stop glibc from unmapping freed large blocks (each new tensor then page-faults afresh)."""
+    if mode == 'default':
+        return
+    try:
+        libc = ctypes.CDLL('libc.so.6')
+        ok = libc.mallopt(-3, 1 << 30) and libc.mallopt(-1, (1 << 31) - 1)  # M_MMAP_THRESHOLD, M_TRIM_THRESHOLD
+    except OSError:
+        ok = False
+    if not ok:
+        raise CliError('--malloc keep needs glibc (mallopt); use --malloc default on this system')
+
+
+def prepare(model: torch.nn.Module, x: torch.Tensor, spec: dict[str, Any], train: bool,
+            tune: bool = True) -> torch.nn.Module:
+    """``prepare_model`` plus the SPConv settings; ``torch.compile`` last, after any tuning."""
+    prepared = prepare_model(model, x.device, train=train, fused=spec['fused'], channels_last=spec['channels_last'])
+    impl = spec.get('sp_impl', 'auto')
+    set_spconv_impl(prepared, impl if impl != 'tune' else None, recompute=bool(spec.get('sp_recompute')))
+    if impl == 'tune' and tune:
+        autotune(prepared, x, train=train)
+    return torch.compile(prepared) if spec['compile'] else prepared  # type: ignore[return-value]
 
 
 def probe_memory(spec: dict[str, Any]) -> float | None:
@@ -103,13 +140,13 @@ def probe_memory(spec: dict[str, Any]) -> float | None:
 def _memory_in_this_process(spec: dict[str, Any]) -> float | None:
     if spec.get('threads'):
         torch.set_num_threads(spec['threads'])
+    set_malloc(spec.get('malloc', 'default'))
     device = torch.device(spec['device'])
-    model = prepare_model(
-        timm.create_model(spec['model'], **spec['kwargs']), device, train=spec['train'], fused=spec['fused'],
-        channels_last=spec['channels_last'], compile=spec['compile'])
     x = torch.randn(spec['batch_size'], *spec['input_size'], device=device)
     if spec['channels_last']:
         x = x.contiguous(memory_format=torch.channels_last)
+    # no tuning here: its steps would leave memory resident and hide the step's own peak ('tune' measures 'auto')
+    model = prepare(timm.create_model(spec['model'], **spec['kwargs']), x, spec, spec['train'], tune=False)
     return peak_memory_mb(make_step(model, x, train=spec['train'], amp=spec['amp']), device)
 
 
@@ -127,23 +164,22 @@ def run_condition(models: dict[str, torch.nn.Module], specs: dict[str, dict[str,
     input_size = cond['input_size']
     steps = {}
     for role, model in models.items():
-        prepared = prepare_model(model, device, train=train, fused=cond['fused'],
-                                 channels_last=cond['channels_last'], compile=cond['compile'])
         x = torch.randn(cond['batch_size'], *input_size, device=device)
         if cond['channels_last']:
             x = x.contiguous(memory_format=torch.channels_last)
-        steps[role] = make_step(prepared, x, train=train, amp=cond['amp'])
+        steps[role] = make_step(prepare(model, x, cond, train), x, train=train, amp=cond['amp'])
     times = time_interleaved(steps, device, args.warmup, args.repeats)
     stats = {role: summarize(t, cond['batch_size']) for role, t in times.items()}
     memory: dict[str, float | None] = {role: None for role in models}
     if not args.no_memory:
         for role in models:
             memory[role] = probe_memory({**specs[role], **{k: cond[k] for k in (
-                'device', 'batch_size', 'input_size', 'fused', 'channels_last', 'compile', 'amp')},
-                'train': train, 'threads': args.threads})
+                'device', 'batch_size', 'input_size', 'fused', 'channels_last', 'compile', 'amp', 'sp_impl',
+                'sp_recompute', 'malloc')}, 'train': train, 'threads': args.threads})
     row: dict[str, Any] = {
         'condition': condition_name(cond), **{k: cond[k] for k in (
-            'bench', 'device', 'batch_size', 'amp', 'channels_last', 'fused', 'compile')},
+            'bench', 'device', 'batch_size', 'amp', 'channels_last', 'fused', 'compile', 'sp_impl', 'sp_recompute',
+            'malloc')},
         'img_size': input_size[-1], 'threads': torch.get_num_threads(),
         'model': specs['model']['label'], 'latency_ms': stats['model'].median_ms,
         'latency_p25_ms': stats['model'].p25_ms, 'latency_p75_ms': stats['model'].p75_ms,
@@ -206,6 +242,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.threads:
         torch.set_num_threads(args.threads)
+    set_malloc(args.malloc)
     for flag in ('warmup', 'repeats'):
         if getattr(args, flag) < (0 if flag == 'warmup' else 1):
             raise CliError(f'--{flag} must be >= {0 if flag == "warmup" else 1}')
@@ -233,7 +270,8 @@ def main(argv: list[str] | None = None) -> int:
             for fused in (fused_modes if bench == 'inference' else [False]):
                 cond = dict(bench=bench, device=str(device), batch_size=batch_size, amp=args.amp,
                             channels_last=args.channels_last, fused=fused, compile=args.compile,
-                            input_size=input_size)
+                            input_size=input_size, sp_impl=args.sp_impl, sp_recompute=args.sp_recompute,
+                            malloc=args.malloc)
                 row = run_condition(models, specs, cond, args)
                 rows.append(row)
                 append_csv(Path(args.csv_dir) / f"{row['condition']}.csv", row)

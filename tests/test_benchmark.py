@@ -86,3 +86,14 @@ def test_parse_with_config(tmp_path):
         parse_with_config(parser, ['-c', str(broken)])
     with pytest.raises(CliError, match='does not exist'):
         parse_with_config(parser, ['-c', str(tmp_path / 'missing.yaml')])
+
+
+def test_benchmark_sp_options_tag_the_condition(tmp_path, capsys):
+    rc = benchmark.main([*R20, '--bench', 'both', '--batch-size', '2', '--warmup', '0', '--repeats', '1', '--json',
+                         '--no-memory', '--sp-impl', 'tune', '--sp-recompute', '--malloc', 'keep',
+                         '--csv-dir', str(tmp_path)])
+    assert rc == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith('{')]
+    assert [r['condition'] for r in rows] == ['inference_cpu_bs2_fp32_sptune_recompute_mallockeep',
+                                              'train_cpu_bs2_fp32_sptune_recompute_mallockeep']
+    assert all(r['sp_impl'] == 'tune' and r['sp_recompute'] and r['malloc'] == 'keep' for r in rows)

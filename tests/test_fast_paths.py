@@ -17,7 +17,7 @@ from torch import nn
 from spsearch import SPConv2d
 from spsearch.cost import profile_model
 from spsearch.models.sp_resnet import SPBasicBlock, SPBottleneck
-from spsearch.ops import autotune, fast_paths, fold_batchnorms, set_spconv_impl
+from spsearch.ops import auto_impl, autotune, fast_paths, fold_batchnorms, set_spconv_impl
 
 GRID = list(itertools.product([0.25, 0.5, 1.0], [1, 2, 4], [1, 2], [(7, 8), (8, 8)], [1, 3]))
 
@@ -196,8 +196,13 @@ def test_dense_impl_validation_and_auto_rule():
         SPConv2d(8, 8, impl='fast')
     with pytest.raises(ValueError, match="impl='dense' needs stride"):
         SPConv2d(8, 8, stride=2, dilation=2, impl='dense')
-    assert SPConv2d(8, 8, stride=2, dilation=2).impl == 'split'  # auto never picks what cannot run
-    assert SPConv2d(64, 64).impl == 'dense' and SPConv2d(512, 512).impl == 'split'
+    assert auto_impl(8, 2, 3, 2, 2, training=False) == 'split'  # never what cannot run
+    assert auto_impl(32, 2, 3, 1, 1, training=False) == 'dense' and auto_impl(32, 2, 3, 1, 1, training=True) == 'split'
+    assert auto_impl(16, 2, 3, 2, 1, training=True) == 'dense' and auto_impl(256, 2, 3, 1, 1, training=False) == 'split'
+    m = SPConv2d(8, 8, stride=2, dilation=2)
+    assert m.impl == 'auto' and 'impl=auto' in repr(m)
+    x = torch.randn(2, 8, 6, 6)
+    torch.testing.assert_close(m(x), paper_spconv(m, x))
 
 
 def saved_bytes(m: nn.Module, x: torch.Tensor) -> int:

@@ -208,30 +208,38 @@ class SPConv2d(nn.Module):
         else:
             self.conv1x1 = self.bn2 = self.fusion = None
         self.impl = 'reference'
+        self._dense = (False, False)
         self.set_impl(impl)
 
     def set_impl(self, impl: str) -> None:
         """Choose the implementation: ``'reference'``, ``'split'``, ``'dense'`` or ``'auto'``.
 
+        ``'auto'`` keeps the name and resolves it here, for inference and for training
+        separately, by ``auto_impl``.
+
         Raises:
             ValueError: For an unknown name, or ``'dense'`` where the stride/dilation cannot be
                 expressed as one dense conv (``fast_paths.dense_supported``).
         """
-        if impl == 'auto':
-            impl = auto_impl(self.rep_channels, self.groups, self.kernel_size, self.stride, self.dilation)
-        if impl not in SPCONV_IMPLS:
+        if impl not in (*SPCONV_IMPLS, 'auto'):
             raise ValueError(f"impl must be one of {(*SPCONV_IMPLS, 'auto')}, got {impl!r}")
         if impl == 'dense' and not fast_paths.dense_supported(self.kernel_size, self.stride, self.dilation):
             raise ValueError(f"impl='dense' needs stride 1, or stride <= {self.kernel_size // 2 + 1} without "
                              f'dilation; got stride={self.stride}, dilation={self.dilation}; use impl=\'split\'')
+        if impl == 'auto':
+            config = (self.rep_channels, self.groups, self.kernel_size, self.stride, self.dilation)
+            self._dense = (auto_impl(*config, training=False) == 'dense', auto_impl(*config, training=True) == 'dense')
+        else:
+            self._dense = (impl == 'dense', impl == 'dense')
         self.impl = impl
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         norm_mode = self._norm_mode()
         if self.impl == 'reference' or norm_mode is None:
             return self.forward_reference(x)
-        dense = self.impl == 'dense' and x.shape[-2] % self.stride == 0 and x.shape[-1] % self.stride == 0
-        if norm_mode != 'batch' and not torch.is_grad_enabled():
+        training = norm_mode == 'batch' or torch.is_grad_enabled()
+        dense = self._dense[training] and x.shape[-2] % self.stride == 0 and x.shape[-1] % self.stride == 0
+        if not training:
             return fast_paths.infer(
                 x, self.rep_channels, self.gwc, self.pwc, self.bn1, self.conv1x1, self.bn2,
                 self.fusion.gate_scale if self.fusion is not None else None, dense)
@@ -357,13 +365,16 @@ def _norm_args(norm: nn.Module, z: torch.Tensor) -> tuple[Any, ...]:
     return None, None, torch.zeros_like(ones), ones, 0.0
 
 
-def auto_impl(rep_channels: int, groups: int, kernel_size: int, stride: int, dilation: int) -> str:
-    """The implementation ``impl='auto'`` picks for one layer (a rule measured on CPU).
+def auto_impl(rep_channels: int, groups: int, kernel_size: int, stride: int, dilation: int, training: bool) -> str:
+    """The implementation ``impl='auto'`` picks for one layer (a rule measured on CPU, 2 threads).
 
-    Dense where the group-wise conv has few channels per group (there oneDNN runs one dense conv
-    faster than a grouped conv + a 1x1 conv + an add, although it has more MACs), split otherwise;
-    see ``results/benchmarks.md`` for the per-layer timings behind the threshold.
+    Dense where the group-wise conv has few input channels per group: there oneDNN runs one
+    dense conv about as fast as the grouped conv alone, so folding the PWC into it is free
+    (inference: <= 16 channels per group; training, where the backward of a grouped conv is
+    slower still: <= 8). Split otherwise: a dense conv has ``G`` times the GWC's MACs. See
+    ``results/benchmarks.md`` (``benchmarks/profile_ops.py``) for the per-layer timings behind
+    the thresholds; ``spsearch.ops.autotune`` measures instead of assuming.
     """
-    if fast_paths.dense_supported(kernel_size, stride, dilation) and rep_channels // groups <= 16:
-        return 'dense'
-    return 'split'
+    if not fast_paths.dense_supported(kernel_size, stride, dilation):
+        return 'split'
+    return 'dense' if rep_channels // groups <= (8 if training else 16) else 'split'
