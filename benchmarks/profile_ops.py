@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import time
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--fused', action='store_true', help='fold every BN (inference)')
     parser.add_argument('--impls', nargs='+', default=list(SPCONV_IMPLS), choices=SPCONV_IMPLS)
     parser.add_argument('--threads', type=int, default=None)
+    parser.add_argument('--cpu-time', action='store_true',
+                        help='time layers by process CPU time (steadier on a shared machine; use with --threads 1)')
     parser.add_argument('--warmup', type=int, default=2)
     parser.add_argument('--repeats', type=int, default=10)
     parser.add_argument('--profile', action='store_true', help='also profile whole-model steps (torch.profiler)')
@@ -101,7 +104,8 @@ def per_layer(model: nn.Module, baseline: nn.Module | None, x: torch.Tensor, arg
             trial = copy.deepcopy(sp).train(train)
             trial.set_impl(impl)
             steps[impl] = _layer_step(trial, xi, train)
-        times = time_interleaved(steps, x.device, args.warmup, args.repeats)
+        times = time_interleaved(steps, x.device, args.warmup, args.repeats,
+                                 clock=time.process_time if args.cpu_time else time.perf_counter)
         med = {k: sorted(t)[len(t) // 2] * 1000 for k, t in times.items()}
         rows.append({'layer': name, 'input': 'x'.join(map(str, xi.shape)), 'stride': sp.stride,
                      'split': f'{sp.rep_channels}/{sp.red_channels}', 'ms': med})
@@ -188,7 +192,8 @@ def main(argv: list[str] | None = None) -> int:
         title = args.report_title or f'Per-layer SPConv timings: {args.model} vs {args.baseline}'
         cond = (f'{args.bench}, batch {args.batch_size}, {size[1]}x{size[2]}, device {device}, '
                 f'{"channels_last" if args.channels_last else "NCHW"}{", BNs folded" if args.fused else ""}, '
-                f'threads {torch.get_num_threads()}, {args.warmup} warm-up + {args.repeats} timed rounds, interleaved')
+                f'threads {torch.get_num_threads()}, {args.warmup} warm-up + {args.repeats} timed rounds, interleaved, '
+                f'{"process CPU time" if args.cpu_time else "wall time"}')
         section = (markdown_header(title, provenance()).replace('# ', '## ', 1) + f'\nCondition: {cond}.\n\n'
                    + text + '\n')
         report = Path(args.report)

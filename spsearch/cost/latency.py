@@ -136,11 +136,14 @@ def time_interleaved(
         device: torch.device | str = 'cpu',
         warmup: int = 3,
         repeats: int = 10,
+        clock: Callable[[], float] = time.perf_counter,
 ) -> dict[str, list[float]]:
     """Time several step functions interleaved; return each one's per-step seconds.
 
     Every round runs one timed step of each function, in an order that reverses every round
-    (A B, B A, A B, ...), after ``warmup`` untimed rounds.
+    (A B, B A, A B, ...), after ``warmup`` untimed rounds. ``clock`` is wall time by default;
+    ``time.process_time`` (CPU time of this process) is steadier on a machine shared with other
+    jobs, but counts every thread's time, so it equals latency only with one thread.
     """
     device = torch.device(device)
     names = list(steps)
@@ -149,11 +152,11 @@ def time_interleaved(
         order = names if round_idx % 2 == 0 else names[::-1]
         for name in order:
             _sync(device)
-            start = time.perf_counter()
+            start = clock()
             steps[name]()
             _sync(device)
             if round_idx >= warmup:
-                times[name].append(time.perf_counter() - start)
+                times[name].append(clock() - start)
     return times
 
 

@@ -125,7 +125,7 @@ def rep_branch(x_rep: torch.Tensor, gwc: nn.Conv2d, pwc_weight: torch.Tensor, de
         return F.conv2d(x_rep, dense_weight, rep_bias, gwc.stride, gwc.padding, gwc.dilation)
     weight = gwc.weight if gwc_weight is None else gwc_weight
     out = F.conv2d(x_rep, weight, rep_bias, gwc.stride, gwc.padding, gwc.dilation, gwc.groups)
-    return out + F.conv2d(_pool(x_rep, gwc.stride[0]), pwc_weight)
+    return out.add_(F.conv2d(_pool(x_rep, gwc.stride[0]), pwc_weight))
 
 
 def _gemm_view(t: torch.Tensor) -> tuple[torch.Tensor, bool] | None:
@@ -461,7 +461,8 @@ class GemmBranchFusion(torch.autograd.Function):
         g_mat, u_mat = _as_mat(grad, cl), _as_mat(u, cl).to(grad.dtype)
         sum_g = grad.sum((2, 3), dtype=st)
         sum_gz1 = (grad * z1).sum((2, 3), dtype=st)
-        g_u = (g_mat.transpose(1, 2) @ u_mat if cl else g_mat @ u_mat.transpose(1, 2)).to(st)  # sum_hw g u^T
+        # sum_hw g u^T, (N, C, r); computed as (u^T g)^T, which MKL runs 2x faster for small r
+        g_u = ((u_mat.transpose(1, 2) @ g_mat).transpose(1, 2) if cl else g_mat @ u_mat.transpose(1, 2)).to(st)
         sum_gwu = (g_u * w_red).sum(2)  # sum_hw g * (W u)
         dlogit = (scale1 * sum_gz1 + shift1 * sum_g - scale2 * sum_gwu - shift2 * sum_g) * w * (1 - w)
         if gate_scale is not None:
@@ -499,9 +500,12 @@ class GemmBranchFusion(torch.autograd.Function):
                 du_mat = torch.baddbmm(fw[:, None, :], g_mat, gd)
             else:
                 du_mat = torch.baddbmm(fw[:, :, None], gd.transpose(1, 2), g_mat)
-            if ctx.batch_stats:
-                q = (w_red.t() @ (e[:, None] * w_red)).to(grad.dtype).expand(n, -1, -1)
-                du_mat.baddbmm_(u_mat, q) if cl else du_mat.baddbmm_(q, u_mat)
+            if ctx.batch_stats:  # + (W^T diag(e) W) u: the same weight for every sample, one GEMM
+                q = (w_red.t() @ (e[:, None] * w_red)).to(grad.dtype)
+                if cl:
+                    du_mat.view(m, -1).addmm_(u_mat.reshape(m, -1), q)
+                else:
+                    du_mat.baddbmm_(q.expand(n, -1, -1), u_mat)
             r = w_red.shape[1]
             du = (du_mat.view(n, h, width, r).permute(0, 3, 1, 2) if cl else du_mat.view(n, r, h, width)).to(u.dtype)
         dconv_w = (d1[:, :, None] * g_u).sum(0) + hw * f.t() @ u_mean
