@@ -20,6 +20,7 @@ import ctypes
 import io
 import json
 import os
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -72,6 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument('--warmup', type=int, default=3)
     group.add_argument('--repeats', type=int, default=10)
     group.add_argument('--no-memory', action='store_true', help='skip the peak-memory probes')
+    group.add_argument('--memory-repeats', type=int, default=1,
+                       help='fresh-process memory probes per model (alternating); the median is reported')
     group.add_argument('--json', action='store_true', help='print one JSON object per condition')
     group.add_argument('--csv-dir', default='runs/bench', help='folder of the per-condition CSV files')
     group.add_argument('--report', default=None, metavar='FILE', help='append a markdown section to FILE')
@@ -172,10 +175,15 @@ def run_condition(models: dict[str, torch.nn.Module], specs: dict[str, dict[str,
     stats = {role: summarize(t, cond['batch_size']) for role, t in times.items()}
     memory: dict[str, float | None] = {role: None for role in models}
     if not args.no_memory:
-        for role in models:
-            memory[role] = probe_memory({**specs[role], **{k: cond[k] for k in (
-                'device', 'batch_size', 'input_size', 'fused', 'channels_last', 'compile', 'amp', 'sp_impl',
-                'sp_recompute', 'malloc')}, 'train': train, 'threads': args.threads})
+        probes: dict[str, list[float]] = {role: [] for role in models}
+        for _ in range(args.memory_repeats):
+            for role in models:
+                peak = probe_memory({**specs[role], **{k: cond[k] for k in (
+                    'device', 'batch_size', 'input_size', 'fused', 'channels_last', 'compile', 'amp', 'sp_impl',
+                    'sp_recompute', 'malloc')}, 'train': train, 'threads': args.threads})
+                if peak is not None:
+                    probes[role].append(peak)
+        memory = {role: statistics.median(p) if p else None for role, p in probes.items()}
     row: dict[str, Any] = {
         'condition': condition_name(cond), **{k: cond[k] for k in (
             'bench', 'device', 'batch_size', 'amp', 'channels_last', 'fused', 'compile', 'sp_impl', 'sp_recompute',
@@ -243,9 +251,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     set_malloc(args.malloc)
-    for flag in ('warmup', 'repeats'):
+    for flag in ('warmup', 'repeats', 'memory_repeats'):
         if getattr(args, flag) < (0 if flag == 'warmup' else 1):
-            raise CliError(f'--{flag} must be >= {0 if flag == "warmup" else 1}')
+            raise CliError(f'--{flag.replace("_", "-")} must be >= {0 if flag == "warmup" else 1}')
     if any(b < 1 for b in args.batch_size):
         raise CliError('--batch-size values must be >= 1')
     device = torch.device(args.device)

@@ -51,6 +51,7 @@ def test_benchmark_train_with_memory_probe(capsys, tmp_path):
     (['--model', 'sp_resnet20', '--model-kwargs', 'sp_alpha'], 'key=value'),
     (['--model', 'sp_resnet20', '--model-kwargs', 'sp_alpha=2'], 'out of range'),
     (['--model', 'sp_resnet20', '--batch-size', '0'], '--batch-size'),
+    (['--model', 'sp_resnet20', '--memory-repeats', '0'], '--memory-repeats'),
     (['--model', 'sp_resnet20', '--device', 'cuda:0'], 'CUDA'),
 ])
 def test_benchmark_bad_input_is_one_line_exit_2(argv, message, capsys, monkeypatch):
