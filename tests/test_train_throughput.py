@@ -134,10 +134,11 @@ def test_summary_excludes_the_first_epoch_and_takes_medians():
     assert (timm['images_per_s_min'], timm['images_per_s_max']) == pytest.approx((80, 120))
     assert timm['self_reported_images_per_s'] == pytest.approx(101)  # first epoch left out there too
     assert torch_row['ratio_vs_timm'] == pytest.approx(0.5)
+    assert torch_row['ratio_best_vs_timm'] == pytest.approx(60 / 120)
     assert memory['ratio_vs_timm'] == pytest.approx(2.0)  # a single epoch counts when it is the only one
     assert memory['data_wait_share'] == pytest.approx(0.1)
     table = tt.format_table(rows)
-    assert '| 0.50x |' in table and '| 2.00x |' in table and '| 10% |' in table
+    assert '| 0.50x | 0.50x |' in table and '| 2.00x | 1.67x |' in table and '| 10% |' in table
     assert tt.summarize([_result('torch', [1, 50])])[0]['ratio_vs_timm'] is None
 
 
