@@ -261,7 +261,7 @@ def test_torch_compile_fullgraph_spconv_and_blocks():
         assert all(p.grad is not None for p in block.parameters())
 
 
-def test_autocast_bf16_runs_the_fast_path_close_to_reference():
+def test_autocast_bf16_runs_the_fast_path_close_to_reference(monkeypatch):
     torch.manual_seed(0)
     m = SPConv2d(16, 16, impl='dense')
     ref = clone_as(m, 'reference')
@@ -272,6 +272,13 @@ def test_autocast_bf16_runs_the_fast_path_close_to_reference():
     assert y.dtype == torch.bfloat16 and y_ref.dtype == torch.bfloat16
     assert (y.float() - y_ref.float()).abs().max() < 0.05 * y_ref.float().abs().max()
     assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in m.parameters())
+    m.eval(), ref.eval()
+    for min_pixels in (0, 10 ** 9):
+        monkeypatch.setattr(fast_paths, 'GEMM_MIN_PIXELS', min_pixels)
+        with torch.autocast('cpu', dtype=torch.bfloat16), torch.no_grad():
+            y, y_ref = m(x), ref(x)
+        assert y.dtype == torch.bfloat16
+        assert (y.float() - y_ref.float()).abs().max() < 0.05 * y_ref.float().abs().max()
 
 
 def test_cost_counts_the_architecture_whatever_the_impl():

@@ -230,7 +230,7 @@ def infer(
 
 def _gemm_add_(out_mat: torch.Tensor, x_mat: torch.Tensor, weight: torch.Tensor, channels_last: bool) -> None:
     """``out += 1x1 conv of x with per-sample weight (N, C_out, C_in)``, on the matrix views."""
-    x_mat = x_mat.to(out_mat.dtype)
+    x_mat, weight = x_mat.to(out_mat.dtype), weight.to(out_mat.dtype)
     if channels_last:
         out_mat.baddbmm_(x_mat, weight.transpose(1, 2))
     else:
