@@ -307,3 +307,25 @@ def test_autotune_sets_a_measured_impl_per_layer_and_keeps_the_function():
     with torch.no_grad():
         torch.testing.assert_close(model(x), expected)
     assert set_spconv_impl(model, 'reference', recompute=True) == len(sites)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU')
+@pytest.mark.parametrize('impl', ['split', 'dense'])
+def test_cuda_fp32_and_bf16_channels_last_match_reference(impl):
+    """The GPU configuration of the issue's goals (bf16 autocast, channels_last), train and eval."""
+    torch.manual_seed(0)
+    ref = SPConv2d(64, 64, stride=2, impl='reference').cuda().to(memory_format=torch.channels_last)
+    fast = clone_as(ref, impl)
+    x = torch.randn(8, 64, 28, 28, device='cuda').contiguous(memory_format=torch.channels_last)
+    g = torch.randn(8, 64, 14, 14, device='cuda').contiguous(memory_format=torch.channels_last)
+    y_ref, gx_ref, _ = run(ref, x, g)
+    y, gx, _ = run(fast, x, g)
+    torch.testing.assert_close(y, y_ref, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(gx, gx_ref, rtol=1e-4, atol=1e-4)
+    for train in (True, False):
+        ref.train(train), fast.train(train)
+        with torch.autocast('cuda', dtype=torch.bfloat16):
+            y_ref, y = ref(x), fast(x)
+        assert y.dtype == torch.bfloat16
+        assert (y.float() - y_ref.float()).abs().max() < 0.05 * y_ref.float().abs().max()
