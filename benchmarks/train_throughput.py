@@ -207,6 +207,25 @@ class TimedLoader:
             yield batch
 
 
+def process_cpu_seconds() -> tuple[float, float]:
+    """CPU seconds (user + system) of this process, and of its child processes (DataLoader workers) alive or
+    exited; live children are read from ``/proc/<pid>/stat`` (Linux), so the split is 0 elsewhere."""
+    import resource
+
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    reaped = resource.getrusage(resource.RUSAGE_CHILDREN)
+    live = 0.0
+    me, tick = str(os.getpid()), os.sysconf('SC_CLK_TCK') if hasattr(os, 'sysconf') else 100
+    for stat in Path('/proc').glob('[0-9]*/stat'):
+        try:
+            fields = stat.read_text().rsplit(')', 1)[1].split()  # after the command name: state, ppid, ...
+        except (OSError, IndexError):
+            continue  # exited meanwhile
+        if len(fields) > 12 and fields[1] == me:
+            live += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+    return own.ru_utime + own.ru_stime, live + reaped.ru_utime + reaped.ru_stime
+
+
 def _append_record(path: str, record: dict[str, Any]) -> None:
     with open(path, 'a') as f:  # one short line per epoch: a crash loses at most the epoch being written
         f.write(json.dumps(record) + '\n')
@@ -234,9 +253,11 @@ def run_child(spec: dict[str, Any]) -> int:
 
     record_path = str(spec['record'])
 
-    def record(epoch: int, seconds: float, loader: TimedLoader, **extra: Any) -> None:
+    def record(epoch: int, seconds: float, loader: TimedLoader, cpu_start: tuple[float, float], **extra: Any) -> None:
+        cpu_end = process_cpu_seconds()
         _append_record(record_path, {'epoch': epoch, 'seconds': seconds, 'images': loader.images,
-                                     'data_wait_s': loader.wait_s, **extra})
+                                     'data_wait_s': loader.wait_s, 'main_cpu_s': cpu_end[0] - cpu_start[0],
+                                     'workers_cpu_s': cpu_end[1] - cpu_start[1], **extra})
 
     saved_argv = sys.argv
     sys.argv = [str(spec['script']), *spec['argv']]
@@ -256,9 +277,10 @@ def _run_timm(script: str, record: Any) -> int:
 
     def timed_train_one_epoch(epoch: int, model: Any, loader: Any, *args: Any, **kwargs: Any) -> Any:
         timed = TimedLoader(loader)
+        cpu = process_cpu_seconds()
         start = time.perf_counter()
         result = original_epoch(epoch, model, timed, *args, **kwargs)
-        record(epoch, time.perf_counter() - start, timed)
+        record(epoch, time.perf_counter() - start, timed, cpu)
         return result
 
     def validate_on_run_device(model: Any, loader: Any, loss_fn: Any, args: Any, *rest: Any, **kwargs: Any) -> Any:
@@ -283,12 +305,13 @@ def _run_ours(script: str, argv: list[str], record: Any) -> int:
         real = self.loaders.train
         timed = TimedLoader(real)
         self.loaders.train = timed
+        cpu = process_cpu_seconds()
         start = time.perf_counter()
         try:
             metrics, bad = original_epoch(self, epoch)
         finally:
             self.loaders.train = real
-        record(epoch, time.perf_counter() - start, timed, self_images_per_s=metrics.get('images_per_s'))
+        record(epoch, time.perf_counter() - start, timed, cpu, self_images_per_s=metrics.get('images_per_s'))
         return metrics, bad
 
     loop._Run.train_epoch = timed_train_epoch  # type: ignore[method-assign]
@@ -389,6 +412,13 @@ class RunResult:
         m = self.measured()
         return sum(e['data_wait_s'] for e in m) / sum(e['seconds'] for e in m)
 
+    def cpu_ms_per_image(self, key: str) -> float | None:
+        """``main_cpu_s`` (the training process) or ``workers_cpu_s`` (its DataLoader workers) per image."""
+        m = self.measured()
+        if any(key not in e for e in m):
+            return None
+        return 1e3 * sum(e[key] for e in m) / sum(e['images'] for e in m)
+
     @property
     def self_images_per_s(self) -> float | None:
         values = self.self_reported[1:] if len(self.self_reported) > 1 else self.self_reported
@@ -447,6 +477,127 @@ def run_row(row: str, variant: str, rnd: int, s: Setup, work: Path, timm_script:
     return RunResult(row, variant, rnd, epochs, self_reported, str(log_path), (load_before, os.getloadavg()[0]))
 
 
+# ----------------------------------------------------------------------------------------------- profile
+
+
+def _cpu_seconds() -> float:
+    """CPU time of this process and of its reaped children (DataLoader workers, once shut down)."""
+    import resource
+
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def _timm_train_loader(folder: Path, batch_size: int, img_size: int, seed: int, workers: int) -> Any:
+    """The training loader timm's ``train.py`` builds for the ``timm`` row (same library calls, same arguments)."""
+    import torch
+    from timm.data import create_dataset, create_loader
+
+    dataset = create_dataset('', root=str(folder), split='train', is_training=True, batch_size=batch_size, seed=seed)
+    return create_loader(dataset, input_size=(3, img_size, img_size), batch_size=batch_size, is_training=True,
+                         use_prefetcher=True, no_aug=False, re_prob=0.0, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3),
+                         hflip=0.5, vflip=0.0, color_jitter=0.0, auto_augment=None, interpolation='bilinear',
+                         mean=MEAN, std=STD, num_workers=workers, persistent_workers=False,
+                         device=torch.device('cpu'))
+
+
+def _our_train_loader(row: str, folder: Path, batch_size: int, img_size: int, seed: int, workers: int,
+                      train_samples: int, data_dir: str | None) -> Any:
+    from spsearch.data import DataConfig, create_loaders
+
+    if row == 'torch':
+        cfg = DataConfig('imagefolder', data_dir=str(folder), loader='torch', batch_size=batch_size, workers=workers,
+                         seed=seed)
+    else:
+        cfg = DataConfig('fashion-mnist', data_dir=data_dir, loader='memory', batch_size=batch_size, workers=workers,
+                         seed=seed, train_samples=train_samples)
+    loader = create_loaders(cfg, input_size=(3, img_size, img_size), mean=MEAN, std=STD).train
+    loader.set_epoch(1)
+    return loader
+
+
+def data_cpu_cost(make_loader: Any, batches: int) -> tuple[float, int]:
+    """CPU seconds (this process + its workers) to produce ``batches`` training batches, and the images.
+
+    The loader is built (not counted: a folder scan, reading the IDX files), then iterated (workers start
+    here) and dropped, so its worker processes have exited, and are counted in ``RUSAGE_CHILDREN``,
+    when the clock is read again.
+    """
+    import gc
+
+    loader = make_loader()
+    start = _cpu_seconds()
+    images = 0
+    for i, (x, _) in enumerate(loader):
+        images += len(x)
+        if i + 1 == batches:
+            break
+    del loader, x
+    gc.collect()
+    return _cpu_seconds() - start, images
+
+
+def compute_only_images_per_s(model_name: str, model_kwargs: dict[str, Any], batch_size: int, img_size: int,
+                              steps: int) -> float:
+    """Training steps (forward, backward, SGD) of the model on one fixed batch: the ceiling of both loops."""
+    import timm
+    import torch
+
+    import timm_plugins  # noqa: F401
+
+    model = timm.create_model(model_name, num_classes=10, **model_kwargs)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    x, y = torch.randn(batch_size, 3, img_size, img_size), torch.randint(0, 10, (batch_size,))
+    times = []
+    for _ in range(steps + 2):
+        start = time.perf_counter()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        times.append(time.perf_counter() - start)
+    return batch_size / statistics.median(times[2:])
+
+
+def profile(args: argparse.Namespace, folder: Path, variants: list[list[str]]) -> str:
+    """Where the time of the ImageFolder rows goes: the data pipelines' CPU cost per image and the model's
+    compute-only throughput, each measured interleaved ``--profile-repeats`` times, medians."""
+    import torch
+
+    from spsearch.cli import parse_kwargs
+
+    batches = max(1, min(args.profile_batches, args.train_samples // args.batch_size))
+    makers = {
+        'timm': lambda: _timm_train_loader(folder, args.batch_size, args.img_size, args.seed, 1),
+        'torch': lambda: _our_train_loader('torch', folder, args.batch_size, args.img_size, args.seed, 1,
+                                           args.train_samples, args.data_dir),
+        'memory': lambda: _our_train_loader('memory', folder, args.batch_size, args.img_size, args.seed, 0,
+                                            args.train_samples, args.data_dir),
+    }
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # CPU seconds per image, as one DataLoader worker spends them
+    cost: dict[str, list[float]] = {k: [] for k in makers}
+    try:
+        for _ in range(args.profile_repeats):
+            for name, make in makers.items():
+                seconds, images = data_cpu_cost(make, batches)
+                cost[name].append(1e3 * seconds / images)
+    finally:
+        torch.set_num_threads(threads)
+    torch.set_num_threads(args.threads)
+    compute = {_variant_name(kw): statistics.median(
+        compute_only_images_per_s(args.model, parse_kwargs(kw), args.batch_size, args.img_size, 10)
+        for _ in range(args.profile_repeats)) for kw in variants}
+    lines = [f'Data pipelines, CPU time per training image (this process + its DataLoader worker, 1 torch thread; '
+             f'{batches} batches of {args.batch_size}, median of {args.profile_repeats} interleaved repeats):', '',
+             '| pipeline | CPU ms / image |', '|---|---:|']
+    lines += [f'| {ROW_LABELS[k]} | {statistics.median(v):.3f} |' for k, v in cost.items()]
+    lines += ['', f'Model alone (forward + backward + SGD on one fixed batch, {args.threads} torch threads, '
+              f'no data loading; median of {args.profile_repeats}): '
+              + ', '.join(f'{k} {v:.1f} img/s' for k, v in compute.items())]
+    return '\n'.join(lines)
+
+
 # ----------------------------------------------------------------------------------------------- summary
 
 
@@ -467,6 +618,9 @@ def summarize(results: Sequence[RunResult]) -> list[dict[str, Any]]:
                      'images_per_s_max': max(ips), 'images_per_s_runs': ips,
                      'self_reported_images_per_s': statistics.median(selfs) if selfs else None,
                      'data_wait_share': statistics.median(r.data_wait_share for r in runs)}
+            for key, name in (('main_cpu_s', 'main_cpu_ms_per_image'), ('workers_cpu_s', 'workers_cpu_ms_per_image')):
+                values = [v for v in (r.cpu_ms_per_image(key) for r in runs) if v is not None]
+                entry[name] = statistics.median(values) if values else None
             if row == 'timm':
                 timm_median, timm_best = entry['images_per_s'], entry['images_per_s_max']
             entry['ratio_vs_timm'] = entry['images_per_s'] / timm_median if timm_median else None
@@ -478,16 +632,18 @@ def summarize(results: Sequence[RunResult]) -> list[dict[str, Any]]:
 
 def format_table(rows: Sequence[dict[str, Any]]) -> str:
     """A markdown table of ``summarize``'s rows."""
-    lines = ['| model | row | images/s (median) | min - max | own figure | waiting for data | ours / timm (medians) '
-             '| ours / timm (fastest runs) |',
-             '|---|---|---:|---:|---:|---:|---:|---:|']
+    lines = ['| model | row | images/s (median) | min - max | own figure | waiting for data | CPU ms / image: '
+             'training process + workers | ours / timm (medians) | ours / timm (fastest runs) |',
+             '|---|---|---:|---:|---:|---:|---:|---:|---:|']
     for r in rows:
         own = f"{r['self_reported_images_per_s']:.1f}" if r['self_reported_images_per_s'] else '-'
         ratio = f"{r['ratio_vs_timm']:.2f}x" if r['ratio_vs_timm'] and r['row'] != 'timm' else '-'
         best = f"{r['ratio_best_vs_timm']:.2f}x" if r['ratio_best_vs_timm'] and r['row'] != 'timm' else '-'
+        main_cpu, workers_cpu = r.get('main_cpu_ms_per_image'), r.get('workers_cpu_ms_per_image')
+        cpu = f'{main_cpu:.2f} + {workers_cpu:.2f}' if main_cpu is not None and workers_cpu is not None else '-'
         lines.append(f"| {r['variant']} | {r['pipeline']} | {r['images_per_s']:.1f} | "
                      f"{r['images_per_s_min']:.1f} - {r['images_per_s_max']:.1f} | {own} | "
-                     f"{100 * r['data_wait_share']:.0f}% | {ratio} | {best} |")
+                     f"{100 * r['data_wait_share']:.0f}% | {cpu} | {ratio} | {best} |")
     return '\n'.join(lines)
 
 
@@ -543,12 +699,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--timeout', type=float, default=1800, help='seconds per run')
     parser.add_argument('--json', action='store_true', help='print one JSON object per row')
     parser.add_argument('--report', default=None, metavar='FILE', help='append a markdown section to FILE')
+    parser.add_argument('--profile', action='store_true',
+                        help="also measure, in this process, the data pipelines' CPU cost per image and the "
+                             "model's compute-only throughput (explains the rows)")
+    parser.add_argument('--profile-only', action='store_true', help='only the --profile measurements, no rows')
+    parser.add_argument('--profile-batches', type=int, default=20, help='batches per data-pipeline measurement')
+    parser.add_argument('--profile-repeats', type=int, default=3)
     parser.add_argument('--child', default=None, help=argparse.SUPPRESS)
     return parser
 
 
 def _check(args: argparse.Namespace) -> None:
-    for name in ('batch_size', 'img_size', 'epochs', 'rounds', 'train_samples', 'val_samples', 'threads'):
+    for name in ('batch_size', 'img_size', 'epochs', 'rounds', 'train_samples', 'val_samples', 'threads',
+                 'profile_batches', 'profile_repeats'):
         if getattr(args, name) < 1:
             raise CliError(f'--{name.replace("_", "-")} {getattr(args, name)} is invalid: it must be >= 1')
     if args.workers < 0:
@@ -561,21 +724,8 @@ def _check(args: argparse.Namespace) -> None:
             raise CliError(f'--variants takes K=V[,K=V] per variant (or defaults), got {variant!r}')
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.child:
-        return run_child(json.loads(Path(args.child).read_text()))
-    _check(args)
-    timm_script = _resolve_timm_script(args.timm_train) if 'timm' in args.rows else None
-    rows = [r for r in ROWS if r in args.rows]
-    work = Path(args.work_dir).expanduser().resolve()
-    folder = work / f'fashion-mnist-png-n{args.train_samples}-v{args.val_samples}-s{args.seed}'
-    if 'timm' in rows or 'torch' in rows:
-        started = time.perf_counter()
-        export_image_folder(folder, train_samples=args.train_samples, val_samples=args.val_samples, seed=args.seed,
-                            data_dir=args.data_dir)
-        print(f'ImageFolder: {folder} ({time.perf_counter() - started:.1f}s)', flush=True)
-    variants = [[] if v == 'defaults' else v.split(',') for v in args.variants]
+def _run_rows(args: argparse.Namespace, rows: list[str], variants: list[list[str]], folder: Path, work: Path,
+              timm_script: Path | None) -> tuple[str, str, list[dict[str, Any]]]:
     import torch
 
     device = 'cuda' if torch.cuda.is_available() else 'cpu'  # where our train.py (accelerate) trains; timm follows
@@ -594,16 +744,42 @@ def main(argv: list[str] | None = None) -> int:
                       f'waiting for data {100 * result.data_wait_share:.0f}%, load average '
                       f'{result.load[0]:.1f} -> {result.load[1]:.1f})', flush=True)
     summary = summarize(results)
-    table = format_table(summary)
     timed = f'epochs 2-{args.epochs} of each run' if args.epochs > 1 else 'the single epoch of each run'
+    loads = [v for r in results for v in r.load]
     setup_line = (f'{args.model}, batch {args.batch_size}, {args.img_size}x{args.img_size}x3, fp32, {device}, '
                   f'{args.threads} torch threads, {args.workers} DataLoader workers; {args.train_samples} train / '
                   f'{args.val_samples} val Fashion-MNIST images (seed {args.seed}); {args.epochs} epochs per run, '
-                  f'{args.rounds} rounds alternating {" ".join(rows)}; images/s over {timed}')
-    loads = [v for r in results for v in r.load]
-    setup_line += (f'; 1-minute load average at the start/end of the runs {min(loads):.1f}-{max(loads):.1f} '
-                   f'on {os.cpu_count()} logical CPUs')
-    print(f'\n{setup_line}\n{table}')
+                  f'{args.rounds} rounds alternating {" ".join(rows)}; images/s over {timed}; 1-minute load average '
+                  f'at the start/end of the runs {min(loads):.1f}-{max(loads):.1f} on {os.cpu_count()} logical CPUs')
+    return setup_line, format_table(summary), summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.child:
+        return run_child(json.loads(Path(args.child).read_text()))
+    _check(args)
+    rows = [] if args.profile_only else [r for r in ROWS if r in args.rows]
+    timm_script = _resolve_timm_script(args.timm_train) if 'timm' in rows else None
+    work = Path(args.work_dir).expanduser().resolve()
+    folder = work / f'fashion-mnist-png-n{args.train_samples}-v{args.val_samples}-s{args.seed}'
+    do_profile = args.profile or args.profile_only
+    if do_profile or 'timm' in rows or 'torch' in rows:
+        started = time.perf_counter()
+        export_image_folder(folder, train_samples=args.train_samples, val_samples=args.val_samples, seed=args.seed,
+                            data_dir=args.data_dir)
+        print(f'ImageFolder: {folder} ({time.perf_counter() - started:.1f}s)', flush=True)
+    variants = [[] if v == 'defaults' else v.split(',') for v in args.variants]
+    text = ''
+    summary: list[dict[str, Any]] = []
+    if rows:
+        setup_line, table, summary = _run_rows(args, rows, variants, folder, work, timm_script)
+        text = f'- Setup: {setup_line}\n\n{table}\n'
+        print(f'\n{setup_line}\n{table}')
+    if do_profile:
+        profiled = profile(args, folder, variants)
+        text += ('\n' if text else '') + profiled + '\n'
+        print(f'\n{profiled}')
     if args.json:
         for entry in summary:
             print(json.dumps(entry))
@@ -614,8 +790,9 @@ def main(argv: list[str] | None = None) -> int:
         if timm_script is not None:
             timm_line = (f'- timm train.py: `{timm_script}` (sha256 `{_sha256(timm_script)[:16]}`'
                          + (f'; {args.timm_train_source}' if args.timm_train_source else '') + '), run unmodified\n')
-        section = (markdown_header(f'Training throughput: our loop vs timm train.py ({args.model})', provenance())
-                   .replace('# ', '## ', 1) + timm_line + f'- Setup: {setup_line}\n\n{table}\n')
+        title = 'Training throughput: our loop vs timm train.py' if rows else 'Training throughput: profile'
+        section = (markdown_header(f'{title} ({args.model})', provenance()).replace('# ', '## ', 1)
+                   + timm_line + ('' if rows else '\n') + text)
         path = Path(args.report)
         old = path.read_text() if path.is_file() else ''
         atomic_write_text(path, old + ('\n' if old else '') + section)

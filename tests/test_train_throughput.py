@@ -118,8 +118,8 @@ def test_timed_loader_counts_images_and_delegates():
 
 
 def _result(row, ips_per_epoch, own=(), variant='v'):
-    epochs = [{'epoch': i, 'seconds': 100 / ips, 'images': 100, 'data_wait_s': 10 / ips}
-              for i, ips in enumerate(ips_per_epoch)]
+    epochs = [{'epoch': i, 'seconds': 100 / ips, 'images': 100, 'data_wait_s': 10 / ips, 'main_cpu_s': 200 / ips,
+               'workers_cpu_s': 0.1} for i, ips in enumerate(ips_per_epoch)]
     return tt.RunResult(row, variant, 1, epochs, list(own))
 
 
@@ -137,8 +137,10 @@ def test_summary_excludes_the_first_epoch_and_takes_medians():
     assert torch_row['ratio_best_vs_timm'] == pytest.approx(60 / 120)
     assert memory['ratio_vs_timm'] == pytest.approx(2.0)  # a single epoch counts when it is the only one
     assert memory['data_wait_share'] == pytest.approx(0.1)
+    assert memory['main_cpu_ms_per_image'] == pytest.approx(10) and memory['workers_cpu_ms_per_image'] == 1
+    assert torch_row['main_cpu_ms_per_image'] == pytest.approx(1e3 * 200 / 50 / 100)
     table = tt.format_table(rows)
-    assert '| 0.50x | 0.50x |' in table and '| 2.00x | 1.67x |' in table and '| 10% |' in table
+    assert '| 0.50x | 0.50x |' in table and '| 2.00x | 1.67x |' in table and '| 10% | 10.00 + 1.00 |' in table
     assert tt.summarize([_result('torch', [1, 50])])[0]['ratio_vs_timm'] is None
 
 
@@ -190,6 +192,7 @@ def test_our_rows_time_every_epoch(row, image_folder, tmp_path):
     assert [e['epoch'] for e in epochs] == [0, 1]
     for e in epochs:
         assert e['images'] == 48 and e['seconds'] > e['data_wait_s'] > 0
+        assert e['main_cpu_s'] > 0 and e['workers_cpu_s'] >= 0
         # our loop's own figure times the same loop from inside: a little less time, so a little more img/s
         assert e['images'] / e['seconds'] <= e['self_images_per_s'] <= 1.2 * e['images'] / e['seconds']
     summary = json.loads((tmp_path / 'out' / 'summary.json').read_text())
@@ -220,3 +223,39 @@ def test_all_rows_side_by_side_with_timm_train_py(tmp_path, capsys):
     text = report.read_text()
     assert text.startswith('## Training throughput') and '- Commit:' in text and 'test copy' in text
     assert '| sp_alpha=vanilla | timm train.py' in text
+
+
+def test_process_cpu_seconds_counts_live_child_processes():
+    import subprocess
+    import time
+
+    busy = 'import time\nend = time.process_time() + 0.4\nwhile time.process_time() < end: pass\ntime.sleep(30)'
+    before = tt.process_cpu_seconds()
+    child = subprocess.Popen([sys.executable, '-c', busy])
+    try:
+        deadline = time.monotonic() + 20
+        while tt.process_cpu_seconds()[1] - before[1] < 0.35 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        own, children = tt.process_cpu_seconds()
+        assert children - before[1] >= 0.35 and child.poll() is None  # read while the child is alive
+        assert own >= before[0]
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_profile_only_reports_data_cost_and_compute(tmp_path, capsys):
+    report = tmp_path / 'profile.md'
+    try:
+        rc = tt.main(['--profile-only', '--train-samples', '64', '--val-samples', '16', '--batch-size', '16',
+                      '--profile-batches', '2', '--profile-repeats', '1', '--variants', 'sp_alpha=vanilla',
+                      '--work-dir', str(tmp_path), '--report', str(report)])
+    except DataError as e:
+        pytest.skip(f'Fashion-MNIST not available: {e}')
+    assert rc == 0
+    text = report.read_text()
+    assert text.startswith('## Training throughput: profile') and '- Commit:' in text
+    costs = {line.split('|')[1].strip(): float(line.split('|')[2]) for line in text.splitlines()
+             if line.startswith('| ') and 'CPU ms' not in line}
+    assert set(costs) == set(tt.ROW_LABELS.values()) and all(v > 0 for v in costs.values())
+    assert 'sp_alpha=vanilla' in text.split('Model alone')[1]
