@@ -165,6 +165,7 @@ def run_condition(models: dict[str, torch.nn.Module], specs: dict[str, dict[str,
     device = torch.device(cond['device'])
     train = cond['bench'] == 'train'
     input_size = cond['input_size']
+    load_start = os.getloadavg()[0]
     steps = {}
     for role, model in models.items():
         x = torch.randn(cond['batch_size'], *input_size, device=device)
@@ -189,6 +190,7 @@ def run_condition(models: dict[str, torch.nn.Module], specs: dict[str, dict[str,
             'bench', 'device', 'batch_size', 'amp', 'channels_last', 'fused', 'compile', 'sp_impl', 'sp_recompute',
             'malloc')},
         'img_size': input_size[-1], 'threads': torch.get_num_threads(),
+        'load_1min_start': round(load_start, 2), 'load_1min_end': round(os.getloadavg()[0], 2),
         'model': specs['model']['label'], 'latency_ms': stats['model'].median_ms,
         'latency_p25_ms': stats['model'].p25_ms, 'latency_p75_ms': stats['model'].p75_ms,
         'images_per_s': stats['model'].images_per_s, 'peak_mem_mb': memory['model'],
@@ -297,7 +299,10 @@ def main(argv: list[str] | None = None) -> int:
         title = args.report_title or f'{args.model} vs {args.baseline}'
         section = (markdown_header(title, provenance()).replace('# ', '## ', 1)
                    + f"\nThreads: {torch.get_num_threads()}; {args.warmup} warm-up + {args.repeats} timed steps per "
-                   f"model, interleaved; input {input_size[0]}x{input_size[1]}x{input_size[2]}.\n\n" + table(rows)
+                   f"model, interleaved; input {input_size[0]}x{input_size[1]}x{input_size[2]}. System load (1-minute "
+                   f"average, {os.cpu_count()} CPUs) at the start/end of each condition: "
+                   + ', '.join(f"{r['load_1min_start']:.2f}/{r['load_1min_end']:.2f}" for r in rows)
+                   + ' (other jobs on a shared machine slow both models, but not always alike).\n\n' + table(rows)
                    + '\n\n<details><summary>raw rows (YAML)</summary>\n\n```yaml\n'
                    + yaml.safe_dump(rows, sort_keys=False) + '```\n</details>\n')
         report = Path(args.report)
