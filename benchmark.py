@@ -193,6 +193,7 @@ def run_condition(models: dict[str, torch.nn.Module], specs: dict[str, dict[str,
         'load_1min_start': round(load_start, 2), 'load_1min_end': round(os.getloadavg()[0], 2),
         'model': specs['model']['label'], 'latency_ms': stats['model'].median_ms,
         'latency_p25_ms': stats['model'].p25_ms, 'latency_p75_ms': stats['model'].p75_ms,
+        'latency_min_ms': stats['model'].min_ms,
         'images_per_s': stats['model'].images_per_s, 'peak_mem_mb': memory['model'],
         'gmacs': (macs_of(models['model'], input_size) or 0) / 1e9 or None,
         'baseline': specs['baseline']['label'] if 'baseline' in models else None,
@@ -202,10 +203,12 @@ def run_condition(models: dict[str, torch.nn.Module], specs: dict[str, dict[str,
         base = stats['baseline']
         row.update({
             'baseline_latency_ms': base.median_ms, 'baseline_latency_p25_ms': base.p25_ms,
-            'baseline_latency_p75_ms': base.p75_ms, 'baseline_images_per_s': base.images_per_s,
+            'baseline_latency_p75_ms': base.p75_ms, 'baseline_latency_min_ms': base.min_ms,
+            'baseline_images_per_s': base.images_per_s,
             'baseline_peak_mem_mb': memory['baseline'],
             'baseline_gmacs': (macs_of(models['baseline'], input_size) or 0) / 1e9 or None,
             'ratio': stats['model'].median_ms / base.median_ms,
+            'ratio_min': stats['model'].min_ms / base.min_ms,
             'throughput_ratio': base.median_ms / stats['model'].median_ms,
             'memory_ratio': (memory['model'] / memory['baseline']
                              if memory['model'] and memory['baseline'] else None),
@@ -231,8 +234,8 @@ def fmt(v: Any, spec: str = '.2f') -> str:
 
 def table(rows: list[dict[str, Any]]) -> str:
     head = ('| condition | model | img/s | latency ms (p25-p75) | peak MiB | baseline | img/s | latency ms (p25-p75) '
-            '| peak MiB | MACs ratio | latency ratio | memory ratio |')
-    lines = [head, '|' + '---|' * 12]
+            '| peak MiB | MACs ratio | latency ratio | ratio of minima | memory ratio |')
+    lines = [head, '|' + '---|' * 13]
     for r in rows:
         lines.append(
             f"| {r['condition']} | {r['model']} | {fmt(r['images_per_s'], '.1f')} | {fmt(r['latency_ms'], '.1f')} "
@@ -241,7 +244,7 @@ def table(rows: list[dict[str, Any]]) -> str:
             f"| {fmt(r.get('baseline_latency_ms'), '.1f')} ({fmt(r.get('baseline_latency_p25_ms'), '.1f')}-"
             f"{fmt(r.get('baseline_latency_p75_ms'), '.1f')}) | {fmt(r.get('baseline_peak_mem_mb'), '.0f')} "
             f"| {fmt(r.get('macs_ratio'), '.3f')} | **{fmt(r.get('ratio'), '.3f')}** "
-            f"| {fmt(r.get('memory_ratio'), '.3f')} |")
+            f"| {fmt(r.get('ratio_min'), '.3f')} | {fmt(r.get('memory_ratio'), '.3f')} |")
     return '\n'.join(lines)
 
 
@@ -302,7 +305,8 @@ def main(argv: list[str] | None = None) -> int:
                    f"model, interleaved; input {input_size[0]}x{input_size[1]}x{input_size[2]}. System load (1-minute "
                    f"average, {os.cpu_count()} CPUs) at the start/end of each condition: "
                    + ', '.join(f"{r['load_1min_start']:.2f}/{r['load_1min_end']:.2f}" for r in rows)
-                   + ' (other jobs on a shared machine slow both models, but not always alike).\n\n' + table(rows)
+                   + ' (other jobs on a shared machine slow both models, but not always alike; the ratio of the '
+                   'fastest steps is the steadier figure there).\n\n' + table(rows)
                    + '\n\n<details><summary>raw rows (YAML)</summary>\n\n```yaml\n'
                    + yaml.safe_dump(rows, sort_keys=False) + '```\n</details>\n')
         report = Path(args.report)
