@@ -517,6 +517,31 @@ def _our_train_loader(row: str, folder: Path, batch_size: int, img_size: int, se
     return loader
 
 
+class _Uint8FileLoader:
+    """What-if, for the profile only: our ``TorchFileLoader`` with timm's prefetcher-style transform (its
+    workers send uint8 CHW arrays, not normalised float tensors) and the batch normalised afterwards in
+    this process, as timm's ``PrefetchLoader`` does."""
+
+    def __init__(self, folder: Path, batch_size: int, img_size: int, seed: int, workers: int) -> None:
+        import torch
+        from timm.data import create_transform
+
+        from spsearch.data import scan_image_folder
+        from spsearch.data.loaders import TorchFileLoader
+
+        transform = create_transform((3, img_size, img_size), is_training=True, color_jitter=0.0,
+                                     interpolation='bilinear', use_prefetcher=True)
+        self.loader = TorchFileLoader(scan_image_folder(folder).train, transform, chans=3, batch_size=batch_size,
+                                      train=True, seed=seed, workers=workers)
+        self.loader.set_epoch(1)
+        self.mean = torch.tensor([255 * m for m in MEAN]).view(1, 3, 1, 1)
+        self.std = torch.tensor([255 * v for v in STD]).view(1, 3, 1, 1)
+
+    def __iter__(self) -> Iterator[tuple[Any, Any]]:
+        for images, targets in self.loader:
+            yield images.float().sub_(self.mean).div_(self.std), targets
+
+
 def data_cpu_cost(make_loader: Any, batches: int) -> tuple[float, int]:
     """CPU seconds (this process + its workers) to produce ``batches`` training batches, and the images.
 
@@ -573,6 +598,7 @@ def profile(args: argparse.Namespace, folder: Path, variants: list[list[str]]) -
                                            args.train_samples, args.data_dir),
         'memory': lambda: _our_train_loader('memory', folder, args.batch_size, args.img_size, args.seed, 0,
                                             args.train_samples, args.data_dir),
+        'torch-uint8': lambda: _Uint8FileLoader(folder, args.batch_size, args.img_size, args.seed, 1),
     }
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # CPU seconds per image, as one DataLoader worker spends them
@@ -591,7 +617,9 @@ def profile(args: argparse.Namespace, folder: Path, variants: list[list[str]]) -
     lines = [f'Data pipelines, CPU time per training image (this process + its DataLoader worker, 1 torch thread; '
              f'{batches} batches of {args.batch_size}, median of {args.profile_repeats} interleaved repeats):', '',
              '| pipeline | CPU ms / image |', '|---|---:|']
-    lines += [f'| {ROW_LABELS[k]} | {statistics.median(v):.3f} |' for k, v in cost.items()]
+    labels = {**ROW_LABELS, 'torch-uint8': 'what-if: ours, ImageFolder, --loader torch with uint8 from the '
+              'workers and the batch normalised after (not shipped)'}
+    lines += [f'| {labels[k]} | {statistics.median(v):.3f} |' for k, v in cost.items()]
     lines += ['', f'Model alone (forward + backward + SGD on one fixed batch, {args.threads} torch threads, '
               f'no data loading; median of {args.profile_repeats}): '
               + ', '.join(f'{k} {v:.1f} img/s' for k, v in compute.items())]

@@ -257,5 +257,5 @@ def test_profile_only_reports_data_cost_and_compute(tmp_path, capsys):
     assert text.startswith('## Training throughput: profile') and '- Commit:' in text
     costs = {line.split('|')[1].strip(): float(line.split('|')[2]) for line in text.splitlines()
              if line.startswith('| ') and 'CPU ms' not in line}
-    assert set(costs) == set(tt.ROW_LABELS.values()) and all(v > 0 for v in costs.values())
+    assert set(tt.ROW_LABELS.values()) < set(costs) and len(costs) == 4 and all(v > 0 for v in costs.values())
     assert 'sp_alpha=vanilla' in text.split('Model alone')[1]
