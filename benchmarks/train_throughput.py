@@ -21,18 +21,22 @@ The images are a seeded subset of the real Fashion-MNIST (``--train-samples``/``
 ``--seed``), exported once as ``train/<class>/*.png`` and ``validation/<class>/*.png`` under
 ``--work-dir``; the ``memory`` row selects the same subset from the IDX files. timm's ``train.py``
 is not in the timm wheel: clone pytorch-image-models and pass its path (``--timm-train`` or
-``TIMM_TRAIN_PY``). It is loaded as a module and its ``main()`` called after ``import timm_plugins``
-(which registers the SP models), with ``device: cpu`` given through its own ``-c`` YAML (the script has
-no ``--device`` flag; its ``set_defaults`` puts the key on the namespace). Every process gets the same
-torch thread count (``--threads``) and DataLoader workers (``--workers``).
+``TIMM_TRAIN_PY``). The file is not edited: it is loaded as a module and its ``main()`` called after
+``import timm_plugins`` (which registers the SP models), with ``device: cpu`` (``cuda`` where there is a
+GPU) given through its own ``-c`` YAML (the 0.9-era script has no ``--device`` flag; its ``set_defaults``
+puts the key on the namespace), and its ``validate()`` given that device (that version calls it without
+one, and the default ``cuda`` calls ``torch.cuda.synchronize()`` on a CPU run). Every process gets the
+same torch thread count (``--threads``) and DataLoader workers (``--workers``).
 
 Measured, per training epoch and the same way for both sides: the wall time of the epoch function
 (timm's ``train_one_epoch``, our loop's ``train_epoch``; wrapped, not edited), the images it trained
 on, and the time spent waiting for the next batch (the loader is wrapped in a timer). Reported:
 images/s over the epochs after the first (the first includes worker start-up and one-time
 initialisation), each side's own throughput figure (timm's log line ``Time: ... (avg s, N/s)``
-with ``--log-interval 1``; our ``images_per_s``), and the ratios ours/timm of the medians. Validation
-and checkpoint writing are outside the timed epochs.
+with ``--log-interval 1``; our ``images_per_s``), CPU time per image of the training process and of
+its DataLoader workers, and the ratios ours/timm of the medians and of the fastest runs. Validation
+and checkpoint writing are outside the timed epochs. ``--profile`` adds, measured in this process, each
+data pipeline's CPU cost per image and the model's compute-only throughput, to explain the rows.
 """
 from __future__ import annotations
 
