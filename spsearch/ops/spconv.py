@@ -368,13 +368,13 @@ def _norm_args(norm: nn.Module, z: torch.Tensor) -> tuple[Any, ...]:
 def auto_impl(rep_channels: int, groups: int, kernel_size: int, stride: int, dilation: int, training: bool) -> str:
     """The implementation ``impl='auto'`` picks for one layer (a rule measured on CPU, 2 threads).
 
-    Dense where the group-wise conv has few input channels per group: there oneDNN runs one
-    dense conv about as fast as the grouped conv alone, so folding the PWC into it is free
-    (inference: <= 16 channels per group; training, where the backward of a grouped conv is
-    slower still: <= 8). Split otherwise: a dense conv has ``G`` times the GWC's MACs. See
-    ``results/benchmarks.md`` (``benchmarks/profile_ops.py``) for the per-layer timings behind
-    the thresholds; ``spsearch.ops.autotune`` measures instead of assuming.
+    Training: dense where the group-wise conv has at most 8 input channels per group; there
+    oneDNN runs one dense conv (forward and backward) about as fast as the grouped conv alone, so
+    folding the PWC into it is free. Inference, and training elsewhere: split, since a dense conv
+    has ``G`` times the GWC's MACs and at inference the PWC costs nothing extra (it rides in the
+    batched GEMM of ``fast_paths.infer``). See the per-layer tables of ``benchmarks/profile_ops.py``
+    in ``results/benchmarks.md``; ``spsearch.ops.autotune`` measures instead of assuming.
     """
-    if not fast_paths.dense_supported(kernel_size, stride, dilation):
-        return 'split'
-    return 'dense' if rep_channels // groups <= (8 if training else 16) else 'split'
+    if training and fast_paths.dense_supported(kernel_size, stride, dilation) and rep_channels // groups <= 8:
+        return 'dense'
+    return 'split'
