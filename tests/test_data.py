@@ -13,7 +13,15 @@ import numpy as np
 import pytest
 import torch
 
-from spsearch.data import DataConfig, DataWarning, EpochLoader, create_loaders, dataset_info, find_fashion_mnist
+from spsearch.data import (
+    DataConfig,
+    DataWarning,
+    EpochLoader,
+    create_loaders,
+    dataset_info,
+    find_fashion_mnist,
+    scan_image_folder,
+)
 from spsearch.data import datasets as ds
 from spsearch.data.datasets import ArraySplit, load_cifar, load_fashion_mnist, read_idx
 from spsearch.data.loaders import MemoryLoader
@@ -237,6 +245,16 @@ def test_image_folder_torch_loader_and_val_shards(tmp_path):
         assert torch.equal(torch.cat([b[k] for p in parts for b in p]), torch.cat([b[k] for b in full]))
     # training shards: the same number of full batches on each process
     assert len(shards[0].train) == len(shards[1].train) == 2
+    # uint8 from the workers, normalised per batch: the same as timm's float transform per image
+    from PIL import Image
+    from timm.data import create_transform
+    mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+    loaders = create_loaders(cfg, input_size=(3, 16, 16), mean=mean, std=std)
+    reference = create_transform((3, 16, 16), is_training=False, mean=mean, std=std, crop_pct=0.875,
+                                 interpolation='bilinear')
+    expected = torch.stack([reference(Image.open(f).convert('RGB')) for f in scan_image_folder(str(root)).val.files])
+    got = torch.cat([b[0] for b in batches(loaders.val)])
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
 
 
 def test_image_folder_without_val_holds_out_seeded_split(tmp_path):

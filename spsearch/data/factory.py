@@ -194,16 +194,15 @@ def create_loaders(cfg: DataConfig, *, input_size: tuple[int, int, int], device:
         why = ('asked for (--loader torch)' if cfg.loader == 'torch' else
                f'NVIDIA DALI is not installed ({DALI_INSTALL})')
         reason = (f'torch: {why}; a DataLoader with {cfg.workers} worker(s) decodes with PIL and applies '
-                  'timm transforms')
-        tf_args: dict[str, Any] = dict(input_size=size, mean=mean_c, std=std_c, crop_pct=crop,
-                                       interpolation='bilinear')
+                  'timm transforms, batches normalised on the device')
+        # uint8 from the workers (timm's prefetcher layout), normalised per batch by the loader
+        tf_args: dict[str, Any] = dict(input_size=size, crop_pct=crop, interpolation='bilinear', use_prefetcher=True)
         tf_eval = create_transform(is_training=False, **tf_args)
         tf_train = create_transform(is_training=True, color_jitter=0.0, **tf_args) if cfg.augment else tf_eval
+        file_args: dict[str, Any] = dict(chans=size[0], workers=cfg.workers, mean=mean_c, std=std_c, **common)
         return Loaders(
-            TorchFileLoader(t, tf_train, chans=size[0], batch_size=cfg.batch_size, train=True, workers=cfg.workers,
-                            **common),
-            TorchFileLoader(v, tf_eval, chans=size[0], batch_size=cfg.val_batch_size, train=False,
-                            workers=cfg.workers, **common),
+            TorchFileLoader(t, tf_train, batch_size=cfg.batch_size, train=True, **file_args),
+            TorchFileLoader(v, tf_eval, batch_size=cfg.val_batch_size, train=False, **file_args),
             info, 'torch', reason)
     # memory: decode once at the input size, then the small-data-set path (crop + flip on the device)
     nbytes = (len(t) + len(v) // num_processes) * size[0] * size[1] * size[2]

@@ -245,9 +245,15 @@ class _FileDataset(Dataset[tuple[torch.Tensor, int]]):
 class TorchFileLoader(_EpochLoaderBase):
     """Image files decoded by ``DataLoader`` workers with timm transforms; batches moved to ``device``.
 
+    As timm's own loader does, the workers send uint8 images (``create_transform(...,
+    use_prefetcher=True)``) and whole batches are normalised after the move to ``device``: per-image
+    float conversion in the workers costs CPU that, on a small machine, the model's threads need
+    (measured in ``benchmarks/train_throughput.py --profile``).
+
     Args:
         split: The files and labels.
-        transform: A per-image transform from ``timm.data.create_transform`` (PIL image -> normalised tensor).
+        transform: A per-image transform from ``timm.data.create_transform``: PIL image -> uint8 tensor
+            (``use_prefetcher=True``) when ``mean``/``std`` are given, else -> normalised float tensor.
         chans: Channels to decode (3: RGB, 1: luminance).
         batch_size: Images per batch for this process.
         train: Training (shuffled, drop-last shards, per-image seeds) or validation.
@@ -256,16 +262,26 @@ class TorchFileLoader(_EpochLoaderBase):
         num_processes: Processes sharing the data.
         device: Where batches go.
         workers: ``DataLoader`` worker processes (0: decode in this process).
+        mean: Per-channel mean of 0-1 pixels; with ``std``, batches arrive as uint8 and are normalised here.
+        std: Per-channel standard deviation of 0-1 pixels.
     """
 
     def __init__(self, split: FileSplit, transform: Callable[[Any], torch.Tensor], *, chans: int, batch_size: int,
                  train: bool, seed: int, process_index: int = 0, num_processes: int = 1,
-                 device: torch.device | str = 'cpu', workers: int = 2) -> None:
+                 device: torch.device | str = 'cpu', workers: int = 2, mean: tuple[float, ...] | None = None,
+                 std: tuple[float, ...] | None = None) -> None:
         super().__init__(_Schedule(len(split), batch_size, train=train, seed=seed, process_index=process_index,
                                    num_processes=num_processes), torch.device(device))
         self.loader = _data_loader(_FileDataset(split, transform, chans), _BatchSampler(self.schedule, True),
                                    workers, self.device)
+        self.scale: tuple[torch.Tensor, torch.Tensor] | None = None
+        if mean is not None and std is not None:
+            self.scale = (torch.tensor([255 * m for m in mean], device=self.device).view(1, -1, 1, 1),
+                          torch.tensor([255 * v for v in std], device=self.device).view(1, -1, 1, 1))
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for images, labels in self.loader:
-            yield images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
+            images = images.to(self.device, non_blocking=True)
+            if self.scale is not None:
+                images = images.float().sub_(self.scale[0]).div_(self.scale[1])
+            yield images, labels.to(self.device, non_blocking=True)
