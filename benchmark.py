@@ -275,6 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg_size = models['model'].pretrained_cfg.get('input_size', (3, 224, 224))
     input_size = (cfg_size[0], args.img_size or cfg_size[1], args.img_size or cfg_size[2])
 
+    prov = provenance()  # at the start: the code that runs is the commit checked out now
     benches = ['inference', 'train'] if args.bench == 'both' else [args.bench]
     fused_modes = {'no': [False], 'yes': [True], 'both': [False, True]}[args.fused]
     rows = []
@@ -300,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
         print('\n' + table(rows))
     if args.report:
         title = args.report_title or f'{args.model} vs {args.baseline}'
-        section = (markdown_header(title, provenance()).replace('# ', '## ', 1)
+        section = (markdown_header(title, prov).replace('# ', '## ', 1)
                    + f"\nThreads: {torch.get_num_threads()}; {args.warmup} warm-up + {args.repeats} timed steps per "
                    f"model, interleaved; input {input_size[0]}x{input_size[1]}x{input_size[2]}. System load (1-minute "
                    f"average, {os.cpu_count()} CPUs) at the start/end of each condition: "

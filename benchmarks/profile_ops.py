@@ -173,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
 
+    prov = provenance()  # at the start: the code that runs is the commit checked out now
     rows = per_layer(model, baseline, x, args)
     text = layer_table(rows, args.impls)
     print(text, flush=True)
@@ -194,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
                 f'{"channels_last" if args.channels_last else "NCHW"}{", BNs folded" if args.fused else ""}, '
                 f'threads {torch.get_num_threads()}, {args.warmup} warm-up + {args.repeats} timed rounds, interleaved, '
                 f'{"process CPU time" if args.cpu_time else "wall time"}')
-        section = (markdown_header(title, provenance()).replace('# ', '## ', 1) + f'\nCondition: {cond}.\n\n'
+        section = (markdown_header(title, prov).replace('# ', '## ', 1) + f'\nCondition: {cond}.\n\n'
                    + text + '\n')
         report = Path(args.report)
         existing = report.read_text() if report.exists() else ''
