@@ -17,6 +17,9 @@ larger steps:
   ``y = P * z_rep + Q * z_red + R`` with per-(sample, channel) ``P, Q, R``: two passes forward;
   it stores only the two conv outputs (not the normalised maps, the fused map and the weights)
   and its hand-derived backward needs three reductions and two passes per branch.
+- ``GemmBranchFusion``: the same with the redundant branch's 1x1 conv inside, so its output is
+  never materialised (statistics from a Gram matrix of its input, contribution and gradients
+  by batched GEMMs); the training path of ``SPConv2d``.
 - ``infer``: the no-grad path with the batch norms (running statistics) folded into the conv
   weights on the fly, and both 1x1 convs and the fusion as one per-sample batched GEMM added in
   place to the k x k conv's output (see its docstring): one full-size map is materialised, as
@@ -33,7 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ['BranchFusion', 'branch_norm_stats', 'dense_rep_weight', 'dense_supported', 'infer', 'norm_affine']
+__all__ = ['GEMM_MIN_PIXELS', 'GEMM_MIN_PIXELS_TRAIN', 'BranchFusion', 'GemmBranchFusion', 'branch_norm_stats',
+           'dense_rep_weight', 'dense_supported', 'infer', 'norm_affine', 'rep_branch']
 
 _BN_STATS_DEVICES = ('cpu', 'cuda')
 
@@ -130,14 +134,15 @@ def rep_branch(x_rep: torch.Tensor, gwc: nn.Conv2d, pwc_weight: torch.Tensor, de
     return out.add_(F.conv2d(_pool(x_rep, gwc.stride[0]), pwc_weight))
 
 
-def _gemm_view(t: torch.Tensor) -> tuple[torch.Tensor, bool] | None:
-    """``t`` as a batch of matrices without a copy: ``(N, HW, C)`` if channels_last, else ``(N, C, HW)``."""
+def _channels_last(t: torch.Tensor) -> bool:
+    """Whether batched-matrix views of ``t`` should be ``(N, HW, C)`` (else ``(N, C, HW)``)."""
+    return t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
+
+
+def _as_mat(t: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    """``(N, HW, C)`` or ``(N, C, HW)``; a view when ``t`` is laid out that way, else a copy."""
     n, c, h, w = t.shape
-    if t.is_contiguous(memory_format=torch.channels_last):
-        return t.permute(0, 2, 3, 1).reshape(n, h * w, c), True
-    if t.is_contiguous():
-        return t.reshape(n, c, h * w), False
-    return None
+    return t.permute(0, 2, 3, 1).reshape(n, h * w, c) if channels_last else t.reshape(n, c, h * w)
 
 
 def infer(
@@ -159,8 +164,8 @@ def infer(
     input's means, and their weighted contribution to the output is a per-sample 1x1 conv with
     the gate folded into its weights. So only the k x k conv's output is ever materialised::
 
-        a = GWC(x_rep)                                  (or the dense conv: GWC + PWC)
-        w = sigmoid(gs * (mean(a) + PWC(mean x_rep) + b1 - RED(mean x_red) - b2))
+        a = GWC(x_rep) + b1                             (or the dense conv: GWC + PWC)
+        w = sigmoid(gs * (mean(a) + PWC(mean x_rep) - RED(mean x_red) - b2))
         y = w * a + (1 - w) * b2 + bmm(pool(x), [w * PWC | (1 - w) * RED])
 
     one conv, two means, one in-place scale and one in-place batched GEMM over the input (the
@@ -181,21 +186,13 @@ def infer(
     x_rep = x[:, :rep_channels] if has_red else x
     out = F.conv2d(x_rep, weight, rep_bias, gwc.stride, gwc.padding, gwc.dilation, groups)
     pooled = _pool(x, stride)
-    view_in, view_out = _gemm_view(pooled), _gemm_view(out)
-    if view_in is None or view_out is None or view_in[1] != view_out[1]:
-        pooled = pooled.contiguous(memory_format=torch.channels_last if view_out and view_out[1] else
-                                   torch.contiguous_format)
-        view_in = _gemm_view(pooled)
-        if view_out is None:
-            out = out.contiguous()
-            view_out = _gemm_view(out)
-    assert view_in is not None and view_out is not None
-    x_mat, out_mat, channels_last = view_in[0], view_out[0], view_out[1]
-
+    channels_last = _channels_last(out)
+    if not channels_last and not out.is_contiguous():
+        out = out.contiguous()
     pwc_mat = pwc_weight.flatten(1).to(out.dtype)
     if not has_red:
         if not dense:
-            _gemm_add_(out_mat, x_mat, pwc_mat.expand(out.shape[0], -1, -1), channels_last)
+            _gemm_add_(out, pooled, pwc_mat.expand(out.shape[0], -1, -1), channels_last)
         return out
     assert conv1x1 is not None and bn2 is not None
     red_weight, red_bias = _fold(conv1x1.weight, conv1x1.bias, norm_affine(bn2))
@@ -221,16 +218,20 @@ def infer(
     torch.addcmul(shift[:, :, None, None].to(out.dtype), out, w[:, :, None, None].to(out.dtype), out=out)
     red_part = (1 - w)[:, :, None] * red_mat
     if dense:
-        _gemm_add_(out_mat, x_mat[..., rep_channels:] if channels_last else x_mat[:, rep_channels:], red_part,
-                   channels_last)
+        _gemm_add_(out, pooled[:, rep_channels:], red_part, channels_last)
     else:
-        _gemm_add_(out_mat, x_mat, torch.cat([w[:, :, None] * pwc_mat, red_part], dim=2), channels_last)
+        _gemm_add_(out, pooled, torch.cat([w[:, :, None] * pwc_mat, red_part], dim=2), channels_last)
     return out
 
 
-def _gemm_add_(out_mat: torch.Tensor, x_mat: torch.Tensor, weight: torch.Tensor, channels_last: bool) -> None:
-    """``out += 1x1 conv of x with per-sample weight (N, C_out, C_in)``, on the matrix views."""
-    x_mat, weight = x_mat.to(out_mat.dtype), weight.to(out_mat.dtype)
+def _gemm_add_(out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, channels_last: bool) -> None:
+    """In place: ``out += `` the 1x1 conv of ``x`` with a per-sample weight ``(N, C_out, C_in)``.
+
+    Runs on batched-matrix views: ``out``'s is a view (``out`` is laid out as ``channels_last``
+    says), ``x``'s one too when ``x`` is laid out the same way (a channel slice included).
+    """
+    out_mat, x_mat = _as_mat(out, channels_last), _as_mat(x, channels_last).to(out.dtype)
+    weight = weight.to(out.dtype)
     if channels_last:
         out_mat.baddbmm_(x_mat, weight.transpose(1, 2))
     else:
@@ -348,17 +349,6 @@ class BranchFusion(torch.autograd.Function):
             grads.append(dz if ctx.needs_input_grad[i] else None)
             param_grads.append((dweight if ctx.has_weight[i] else None, dbias if ctx.has_bias[i] else None))
         return (grads[0], grads[1], *param_grads[0], None, None, None, *param_grads[1], None, None, None, None)
-
-
-def _channels_last(t: torch.Tensor) -> bool:
-    """Whether batched-matrix views of ``t`` should be ``(N, HW, C)`` (else ``(N, C, HW)``)."""
-    return t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
-
-
-def _as_mat(t: torch.Tensor, channels_last: bool) -> torch.Tensor:
-    """``(N, HW, C)`` or ``(N, C, HW)``; a view when ``t`` is laid out that way, else a copy."""
-    n, c, h, w = t.shape
-    return t.permute(0, 2, 3, 1).reshape(n, h * w, c) if channels_last else t.reshape(n, c, h * w)
 
 
 class GemmBranchFusion(torch.autograd.Function):
