@@ -49,7 +49,7 @@ def test_grid_matches_reference_outputs_gradients_and_running_stats(impl, train,
                                                                    monkeypatch):
     """float64 so that any difference beyond rounding is a bug, not noise. ``gemm`` picks the
     Function with the redundant 1x1 conv inside (GemmBranchFusion) or outside (BranchFusion)."""
-    monkeypatch.setattr(fast_paths, 'GEMM_MIN_PIXELS_TRAIN', 0 if gemm else 10 ** 9)
+    monkeypatch.setattr(fast_paths, 'GEMM_MIN_PIXELS_PER_CHANNEL_TRAIN', 0 if gemm else 10 ** 9)
     torch.manual_seed(0)
     for alpha, groups, stride, (h, w), batch in GRID:
         ref = SPConv2d(16, 24, stride=stride, alpha=alpha, groups=groups, impl='reference').double()
@@ -231,9 +231,9 @@ def test_training_memory_fast_paths_store_less(monkeypatch):
     full_map = 8 * 32 * 32 * 32 * 4
     small = 0.05 * full_map  # weights and per-channel vectors
     assert saved_bytes(clone_as(m, 'reference'), x) >= 4 * full_map
-    monkeypatch.setattr(fast_paths, 'GEMM_MIN_PIXELS_TRAIN', 10 ** 9)
+    monkeypatch.setattr(fast_paths, 'GEMM_MIN_PIXELS_PER_CHANNEL_TRAIN', 10 ** 9)
     assert 2 * full_map <= saved_bytes(clone_as(m, 'dense'), x) < 2 * full_map + small
-    monkeypatch.setattr(fast_paths, 'GEMM_MIN_PIXELS_TRAIN', 0)
+    monkeypatch.setattr(fast_paths, 'GEMM_MIN_PIXELS_PER_CHANNEL_TRAIN', 0)
     assert full_map <= saved_bytes(clone_as(m, 'split'), x) < full_map + small
     assert full_map <= saved_bytes(clone_as(m, 'dense'), x) < full_map + small
     assert saved_bytes(clone_as(m, 'dense', recompute=True), x) < small
@@ -329,3 +329,13 @@ def test_cuda_fp32_and_bf16_channels_last_match_reference(impl):
             y_ref, y = ref(x), fast(x)
         assert y.dtype == torch.bfloat16
         assert (y.float() - y_ref.float()).abs().max() < 0.05 * y_ref.float().abs().max()
+
+
+@pytest.mark.parametrize('channels,size,expected', [(16, 32, 'GemmBranchFusion'), (64, 8, 'GemmBranchFusion'),
+                                                    (256, 2, 'BranchFusion'), (512, 1, 'BranchFusion')])
+def test_training_picks_gemm_fusion_only_where_the_map_outweighs_the_redundant_channels(channels, size, expected):
+    """GemmBranchFusion replaces the N*C*H*W map z2 with N*C*r per-sample weights: it is used only where
+    H*W >= GEMM_MIN_PIXELS_PER_CHANNEL_TRAIN * r (at 1 x 1 with r = 256 it measured 8x slower)."""
+    m = SPConv2d(channels, channels).train()
+    out = m(torch.randn(4, channels, size, size, requires_grad=True))
+    assert type(out.grad_fn).__name__ == f'{expected}Backward'

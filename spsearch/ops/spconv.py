@@ -285,7 +285,7 @@ class SPConv2d(nn.Module):
         x_rep, x_red = x.split((self.rep_channels, self.red_channels), dim=1)
         z_rep = self._rep_branch(x_rep, dense)
         u = self.pool(x_red)
-        if z_rep.shape[-1] * z_rep.shape[-2] >= fast_paths.GEMM_MIN_PIXELS_TRAIN:
+        if z_rep.shape[-1] * z_rep.shape[-2] >= fast_paths.GEMM_MIN_PIXELS_PER_CHANNEL_TRAIN * self.red_channels:
             return fast_paths.GemmBranchFusion.apply(
                 z_rep, u, self.conv1x1.weight, self.conv1x1.bias, *_norm_args(self.bn1, z_rep),
                 *_norm_args(self.bn2, z_rep), self.fusion.gate_scale)
