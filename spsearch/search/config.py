@@ -94,7 +94,7 @@ class SearchConfig:
     data_dir: str | None = None
     loader: str = 'auto'
     proxy_img_size: int = 32
-    train_samples: int | None = 2000
+    train_samples: int | None = 4000
     val_samples: int | None = 2000
     proxy_epochs: int = 3
     batch_size: int = 128
@@ -113,7 +113,7 @@ class SearchConfig:
     resume: bool = False
     retrain_top: int = 1
     retrain_epochs: int = 3
-    retrain_train_samples: int | None = 6000
+    retrain_train_samples: int | None = 10000
     retrain_val_samples: int | None = 5000
     retrain_processes: int | None = None
     progress: bool = True
