@@ -1,11 +1,12 @@
 """The search space: per-stage SPConv split ratio and groups of one SP model, as data.
 
-pycls-style: the space is a table, one row of allowed choices per stage, fixed up front.
-A stage's choice is either ``vanilla`` (a plain 3x3 conv; its group count is meaningless, so it
-appears once) or a pair ``(alpha, G)``. A pair is kept only if it splits *every* SPConv of the
-stage exactly: ``alpha * C_in`` is a whole multiple of ``G`` for each input width, and ``G``
-divides each output width. ``sp_split`` would round an inexact pair (e.g. alpha 1/16 with G 8
-on 64 channels) to another ratio, which would make two names for one network.
+pycls-style: the space is a table, one row of allowed choices per stage, fixed up front from the
+model's stage description (``spsearch.models.stage_specs``: per stage, its SP sites with their
+channels). A stage's choice is either ``vanilla`` (a plain 3x3 conv; its group count is
+meaningless, so it appears once) or a pair ``(alpha, G)``. A pair is kept only if it splits
+*every* SP site of the stage exactly: ``alpha * C_in`` is a whole multiple of ``G`` for each input
+width, and ``G`` divides each output width. ``sp_split`` would round an inexact pair (e.g. alpha
+1/16 with G 8 on 64 channels) to another ratio, which would make two names for one network.
 
 Each stage is one Optuna categorical parameter ``stage<i>`` whose values are labels such as
 ``vanilla`` or ``alpha=1/2,G=2``. One flat categorical per stage keeps every architecture
@@ -13,17 +14,17 @@ exactly one parameter set (no duplicates, no conditional parameters whose value 
 with alpha, which Optuna's distributions cannot express) and reads well in optuna-dashboard.
 
 Costs are exact and cheap: at a fixed input size a stage's MACs and parameters depend only on its
-own choice, so ``cost(config) = reference + sum_i delta_i(choice_i)``. The deltas are computed
-once from models built on the ``meta`` device with ``spsearch.cost.analytic_count``, which makes
-costing a configuration (and the space's exact minimum and maximum) a table look-up.
+own choice, so ``cost(arch) = reference + sum_i delta_i(choice_i)``. The deltas are the analytic
+counts of each stage's SP sites (``spsearch.cost.analytic_site_counts``) in one ``meta``-device
+model per distinct choice against the all-vanilla model, which makes costing an architecture (and
+the space's exact minimum and maximum) a table look-up.
 
 Example:
-    >>> import timm_plugins  # registers the SP models
     >>> space = SearchSpace.build('sp_resnet34')
-    >>> config = space.paper_config()
-    >>> space.model_kwargs(config)
+    >>> arch = space.paper_arch()
+    >>> space.model_kwargs(arch)
     {'sp_alpha': (0.5, 0.5, 0.5, 0.5), 'sp_groups': (2, 2, 2, 2)}
-    >>> round(space.cost(config).macs / 1e9, 2)
+    >>> round(space.cost(arch).macs / 1e9, 2)
     1.46
 """
 from __future__ import annotations
@@ -39,17 +40,16 @@ from typing import TYPE_CHECKING, Any
 import timm
 import torch
 
-from .cost import Count, analytic_count
+from .cost import Count, analytic_count, analytic_site_counts
 from .errors import ConfigError
-from .models.stage_config import VANILLA, format_stage_values
-from .ops import SPConv2d, sp_split
+from .models import VANILLA, StageSpec, format_alpha, format_stage_values, list_sp_models, parse_alpha, stage_specs
+from .ops import sp_split
 
 if TYPE_CHECKING:
     import optuna
 
 __all__ = [
-    'ALPHA_CHOICES', 'GROUP_CHOICES', 'PAPER_ALPHA', 'PAPER_GROUPS', 'Config', 'SearchSpace', 'StageChoice',
-    'parse_alpha_choice',
+    'ALPHA_CHOICES', 'GROUP_CHOICES', 'PAPER_ALPHA', 'PAPER_GROUPS', 'Architecture', 'SearchSpace', 'StageChoice',
 ]
 
 ALPHA_CHOICES: tuple[float | None, ...] = (None, 1.0, 1 / 2, 1 / 4, 1 / 8, 1 / 16)
@@ -58,29 +58,6 @@ GROUP_CHOICES: tuple[int, ...] = (1, 2, 4, 8)
 """Default group counts of the group-wise conv."""
 PAPER_ALPHA, PAPER_GROUPS = 1 / 2, 2
 """The paper's setting, used in every stage: the baseline of every study."""
-
-
-def _fraction(value: float) -> str:
-    frac = Fraction(value).limit_denominator(1024)
-    return str(frac) if float(frac) == value else f'{value:g}'
-
-
-def parse_alpha_choice(value: Any) -> float | None:
-    """Parse one alpha choice as users write it (``vanilla``, ``1/2``, ``0.5``, ``1``).
-
-    Raises:
-        ConfigError: If it is neither vanilla nor a ratio in (0, 1].
-    """
-    if value is None or (isinstance(value, str) and value.strip().lower() in ('vanilla', 'none', 'null')):
-        return None
-    try:
-        alpha = float(Fraction(str(value).strip()))
-    except (ValueError, ZeroDivisionError):
-        raise ConfigError(f'alpha choice {value!r} is not a split ratio: use a number in (0, 1] such as 1/2, '
-                          f'or vanilla') from None
-    if not 0 < alpha <= 1:
-        raise ConfigError(f'alpha choice {value!r} is out of range: a split ratio must be in (0, 1]')
-    return alpha
 
 
 @dataclass(frozen=True, order=True)
@@ -99,7 +76,7 @@ class StageChoice:
         """The Optuna parameter value: ``vanilla`` or ``alpha=1/2,G=2``."""
         if self.alpha is None:
             return VANILLA
-        return f'alpha={_fraction(self.alpha)},G={self.groups}'
+        return f'alpha={format_alpha(self.alpha)},G={self.groups}'
 
     @classmethod
     def from_label(cls, label: str) -> StageChoice:
@@ -121,14 +98,8 @@ class StageChoice:
             raise ConfigError(f'{label!r} is not a stage choice: expected "vanilla" or e.g. "alpha=1/2,G=2"') from None
 
 
-Config = tuple[StageChoice, ...]
+Architecture = tuple[StageChoice, ...]
 """One architecture of the space: a choice per stage."""
-
-
-@dataclass(frozen=True)
-class _StageConvs:
-    in_channels: tuple[int, ...]
-    out_channels: tuple[int, ...]
 
 
 def _create(model: str, **kwargs: Any) -> torch.nn.Module:
@@ -136,45 +107,26 @@ def _create(model: str, **kwargs: Any) -> torch.nn.Module:
         return timm.create_model(model, **kwargs)
 
 
-def _probe_stages(model: str, num_classes: int | None) -> list[_StageConvs]:
-    """Find the stages of an SP model and the widths of the SPConvs in each (on ``meta``)."""
-    extra = {} if num_classes is None else {'num_classes': num_classes}
-    try:
-        _create(model, sp_alpha=1 / 2, sp_groups=1, **extra)
-    except RuntimeError as e:
-        if 'Unknown model' not in str(e):
-            raise
-        raise ConfigError(f'unknown model {model!r}: choose an SP model (timm_plugins.list_sp_models(), '
-                          f'e.g. sp_resnet34) and import timm_plugins before building it') from None
-    except TypeError:
-        raise ConfigError(f'model {model!r} has no per-stage SPConv settings (sp_alpha/sp_groups): choose an SP '
-                          f'model such as sp_resnet34 (timm_plugins.list_sp_models())') from None
-    for num_stages in range(1, 17):
-        # stage i gets alpha 1/(i+2): each SPConv's alpha then names its stage
-        alphas = tuple(1 / (i + 2) for i in range(num_stages))
-        try:
-            net = _create(model, sp_alpha=alphas, sp_groups=1, **extra)
-        except ValueError:
-            continue
-        stages: list[tuple[list[int], list[int]]] = [([], []) for _ in range(num_stages)]
-        for m in net.modules():
-            if isinstance(m, SPConv2d):
-                index = round(1 / m.alpha) - 2
-                stages[index][0].append(m.in_channels)
-                stages[index][1].append(m.out_channels)
-        return [_StageConvs(tuple(i), tuple(o)) for i, o in stages]
-    raise ConfigError(f'could not determine the stages of model {model!r}: it does not take per-stage sp_alpha')
+def _stages_of(model: str, num_classes: int | None) -> tuple[StageSpec, ...]:
+    """The stage description of an SP model name, or a one-line ``ConfigError``."""
+    if model not in list_sp_models():
+        if timm.is_model(model):
+            raise ConfigError(f'model {model!r} has no per-stage SPConv settings (sp_alpha/sp_groups): choose an SP '
+                              f'model such as sp_resnet34 (spsearch.list_sp_models())')
+        raise ConfigError(f'unknown model {model!r}: choose an SP model (spsearch.list_sp_models(), e.g. '
+                          f'sp_resnet34)')
+    return stage_specs(model, **({} if num_classes is None else {'num_classes': num_classes}))
 
 
-def _exact_split(stage: _StageConvs, alpha: float, groups: int) -> bool:
-    for c_in in stage.in_channels:
+def _exact_split(stage: StageSpec, alpha: float, groups: int) -> bool:
+    for site in stage.sites:
         try:
-            rep, _ = sp_split(c_in, alpha, groups)
+            rep, _ = sp_split(site.in_channels, alpha, groups)
         except ValueError:
             return False
-        if not math.isclose(rep, alpha * c_in):
+        if not math.isclose(rep, alpha * site.in_channels) or site.out_channels % groups:
             return False
-    return all(c_out % groups == 0 for c_out in stage.out_channels)
+    return True
 
 
 class SearchSpace:
@@ -183,8 +135,9 @@ class SearchSpace:
     Build it with ``SearchSpace.build``; it is immutable afterwards.
 
     Args:
-        model: timm model name (an SP model registered by ``timm_plugins``).
-        stages: Allowed choices per stage.
+        model: Registered SP model name.
+        stages: The model's stage description.
+        choices: Allowed choices per stage.
         input_size: ``(C, H, W)`` at which costs are counted.
         num_classes: Classifier width used for costs (None: the model's default).
         reference: Cost of the all-vanilla model.
@@ -194,14 +147,16 @@ class SearchSpace:
     def __init__(
             self,
             model: str,
-            stages: Sequence[Sequence[StageChoice]],
+            stages: Sequence[StageSpec],
+            choices: Sequence[Sequence[StageChoice]],
             input_size: tuple[int, int, int],
             num_classes: int | None,
             reference: Count,
             deltas: Sequence[dict[StageChoice, Count]],
     ) -> None:
         self.model = model
-        self.stages: tuple[tuple[StageChoice, ...], ...] = tuple(tuple(s) for s in stages)
+        self.stages: tuple[StageSpec, ...] = tuple(stages)
+        self.choices: tuple[tuple[StageChoice, ...], ...] = tuple(tuple(c) for c in choices)
         self.input_size: tuple[int, int, int] = (int(input_size[0]), int(input_size[1]), int(input_size[2]))
         self.num_classes = num_classes
         self._reference = reference
@@ -219,7 +174,7 @@ class SearchSpace:
         """The space of ``model`` with the given alpha and group choices in every stage.
 
         Args:
-            model: An SP model name (``timm_plugins`` must have been imported).
+            model: A registered SP model name (``spsearch.list_sp_models()``).
             alphas: Split ratios; ``None``/``"vanilla"`` for a plain conv; strings such as ``"1/2"`` work.
             groups: Group counts >= 1.
             input_size: Side length or ``(C, H, W)`` at which costs are counted (default: the model's
@@ -230,7 +185,11 @@ class SearchSpace:
             ConfigError: On an unknown or non-SP model, invalid choices, or a stage left without any
                 valid choice (an empty space).
         """
-        alpha_values = sorted({parse_alpha_choice(a) for a in alphas}, key=lambda a: (a is not None, -(a or 0)))
+        try:
+            parsed = {parse_alpha(a, 'alpha choice') for a in alphas}
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        alpha_values = sorted(parsed, key=lambda a: (a is not None, -(a or 0)))
         group_values: list[int] = []
         for g in groups:
             if isinstance(g, bool) or not isinstance(g, int) or g < 1:
@@ -241,22 +200,22 @@ class SearchSpace:
             raise ConfigError('the search space is empty: give at least one alpha choice (e.g. --alphas vanilla 1/2)')
         if not group_values and any(a is not None for a in alpha_values):
             raise ConfigError('the search space is empty: give at least one group choice (e.g. --groups 2)')
-        stage_convs = _probe_stages(model, num_classes)
-        size = _resolve_input_size(model, input_size, num_classes)
-        stages: list[list[StageChoice]] = []
-        for index, convs in enumerate(stage_convs):
-            choices = [StageChoice(None)] if None in alpha_values else []
-            choices += [StageChoice(a, g) for a in alpha_values if a is not None for g in sorted(group_values)
-                        if _exact_split(convs, a, g)]
-            if not choices:
+        stages = _stages_of(model, num_classes)
+        size = _resolve_input_size(model, input_size)
+        choices: list[list[StageChoice]] = []
+        for index, stage in enumerate(stages):
+            allowed = [StageChoice(None)] if None in alpha_values else []
+            allowed += [StageChoice(a, g) for a in alpha_values if a is not None for g in sorted(group_values)
+                        if _exact_split(stage, a, g)]
+            if not allowed:
                 raise ConfigError(
                     f'the search space is empty: stage {index + 1} of {model} (input widths '
-                    f'{sorted(set(convs.in_channels))}) has no exact split among alphas '
-                    f'{", ".join(_fraction(a) if a else VANILLA for a in alpha_values)} and groups '
+                    f'{sorted({s.in_channels for s in stage.sites})}) has no exact split among alphas '
+                    f'{", ".join(format_alpha(a) for a in alpha_values)} and groups '
                     f'{", ".join(map(str, group_values))}; add vanilla or smaller groups')
-            stages.append(choices)
-        reference, deltas = _cost_tables(model, stages, size, num_classes)
-        return cls(model, stages, size, num_classes, reference, deltas)
+            choices.append(allowed)
+        reference, deltas = _cost_tables(model, stages, choices, size, num_classes)
+        return cls(model, stages, choices, size, num_classes, reference, deltas)
 
     # -- the space as data ---------------------------------------------------------------------------------------
 
@@ -267,7 +226,7 @@ class SearchSpace:
     @property
     def size(self) -> int:
         """Number of distinct architectures."""
-        return math.prod(len(s) for s in self.stages)
+        return math.prod(len(c) for c in self.choices)
 
     @staticmethod
     def param_name(stage: int) -> str:
@@ -275,104 +234,109 @@ class SearchSpace:
         return f'stage{stage + 1}'
 
     def describe(self) -> str:
-        """One line per stage listing its choices, for logs and reports."""
-        return '\n'.join(f'{self.param_name(i)}: {", ".join(c.label for c in choices)}'
-                         for i, choices in enumerate(self.stages))
+        """One line per stage (its modules and its choices), for logs and reports."""
+        return '\n'.join(f'{self.param_name(i)} ({stage.name}, {len(stage.sites)} SP sites): '
+                         f'{", ".join(c.label for c in choices)}'
+                         for i, (stage, choices) in enumerate(zip(self.stages, self.choices, strict=True)))
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe identity of the space (stored with a study to check that a resume searches the same space)."""
         return {'model': self.model, 'input_size': list(self.input_size), 'num_classes': self.num_classes,
-                'stages': [[c.label for c in choices] for choices in self.stages]}
+                'stages': [[c.label for c in choices] for choices in self.choices]}
 
     def __repr__(self) -> str:
         return (f'SearchSpace({self.model}, {self.num_stages} stages, {self.size} configurations, '
                 f'costs at {"x".join(map(str, self.input_size))})')
 
-    # -- configurations ------------------------------------------------------------------------------------------
+    # -- architectures -------------------------------------------------------------------------------------------
 
-    def suggest(self, trial: optuna.trial.BaseTrial) -> Config:
-        """Sample (or read, for an enqueued or fixed trial) one configuration through Optuna."""
+    def suggest(self, trial: optuna.trial.BaseTrial) -> Architecture:
+        """Sample (or read, for an enqueued or fixed trial) one architecture through Optuna."""
         labels = [trial.suggest_categorical(self.param_name(i), [c.label for c in choices])
-                  for i, choices in enumerate(self.stages)]
+                  for i, choices in enumerate(self.choices)]
         return tuple(StageChoice.from_label(str(label)) for label in labels)
 
-    def params(self, config: Config) -> dict[str, str]:
-        """The Optuna parameters of ``config`` (what ``study.enqueue_trial`` takes)."""
-        self.check(config)
-        return {self.param_name(i): c.label for i, c in enumerate(config)}
+    def optuna_params(self, arch: Architecture) -> dict[str, str]:
+        """The Optuna parameters of ``arch`` (what ``study.enqueue_trial`` takes)."""
+        self.check(arch)
+        return {self.param_name(i): c.label for i, c in enumerate(arch)}
 
-    def from_params(self, params: dict[str, Any]) -> Config:
-        """The configuration of an Optuna parameter dict.
+    def from_optuna_params(self, params: dict[str, Any]) -> Architecture:
+        """The architecture of an Optuna parameter dict.
 
         Raises:
             ConfigError: If a stage is missing or its value is not a choice of the space.
         """
         try:
-            config = tuple(StageChoice.from_label(str(params[self.param_name(i)])) for i in range(self.num_stages))
+            arch = tuple(StageChoice.from_label(str(params[self.param_name(i)])) for i in range(self.num_stages))
         except KeyError as e:
             raise ConfigError(f'parameters {params} miss {e.args[0]}: not a configuration of this space') from None
-        self.check(config)
-        return config
+        self.check(arch)
+        return arch
 
-    def check(self, config: Config) -> None:
-        """Raise ``ConfigError`` unless ``config`` belongs to the space."""
-        if len(config) != self.num_stages:
-            raise ConfigError(f'a configuration of {self.model} has {self.num_stages} stages, got {len(config)}')
-        for i, (choice, allowed) in enumerate(zip(config, self.stages, strict=True)):
+    def check(self, arch: Architecture) -> None:
+        """Raise ``ConfigError`` unless ``arch`` belongs to the space."""
+        if len(arch) != self.num_stages:
+            raise ConfigError(f'a configuration of {self.model} has {self.num_stages} stages, got {len(arch)}')
+        for i, (choice, allowed) in enumerate(zip(arch, self.choices, strict=True)):
             if choice not in allowed:
                 raise ConfigError(f'{choice.label} is not a choice of {self.param_name(i)} '
                                   f'(allowed: {", ".join(c.label for c in allowed)})')
 
-    def contains(self, config: Config) -> bool:
+    def contains(self, arch: Architecture) -> bool:
         try:
-            self.check(config)
+            self.check(arch)
         except ConfigError:
             return False
         return True
 
-    def paper_config(self) -> Config:
+    def paper_arch(self) -> Architecture:
         """The paper's setting, alpha 1/2 and G 2 in every stage (it may lie outside a restricted space)."""
         return tuple(StageChoice(PAPER_ALPHA, PAPER_GROUPS) for _ in self.stages)
 
-    def model_kwargs(self, config: Config) -> dict[str, Any]:
+    def vanilla_arch(self) -> Architecture:
+        """Every stage a plain conv: the model the SP architectures are compared with."""
+        return tuple(StageChoice(None) for _ in self.stages)
+
+    def model_kwargs(self, arch: Architecture) -> dict[str, Any]:
         """``timm.create_model`` keyword arguments: per-stage ``sp_alpha`` (``"vanilla"``) and ``sp_groups``.
 
         A vanilla stage gets groups 1, which its plain conv ignores.
         """
-        return {'sp_alpha': tuple(VANILLA if c.alpha is None else c.alpha for c in config),
-                'sp_groups': tuple(1 if c.groups is None else c.groups for c in config)}
+        return {'sp_alpha': tuple(VANILLA if c.alpha is None else c.alpha for c in arch),
+                'sp_groups': tuple(1 if c.groups is None else c.groups for c in arch)}
 
     @staticmethod
-    def format(config: Config) -> str:
+    def format(arch: Architecture) -> str:
         """``alpha (1/2, vanilla, 1/4, 1/8) G (2, -, 4, 8)``."""
-        alphas = format_stage_values([c.alpha for c in config])
-        groups = '(' + ', '.join('-' if c.groups is None else str(c.groups) for c in config) + ')'
+        alphas = format_stage_values([c.alpha for c in arch])
+        groups = '(' + ', '.join('-' if c.groups is None else str(c.groups) for c in arch) + ')'
         return f'alpha {alphas} G {groups}'
 
-    def __iter__(self) -> Iterator[Config]:
-        """Every configuration (the product of the stages' choices; mind ``size``)."""
-        def rec(prefix: Config, i: int) -> Iterator[Config]:
+    def __iter__(self) -> Iterator[Architecture]:
+        """Every architecture (the product of the stages' choices; mind ``size``)."""
+        def rec(prefix: Architecture, i: int) -> Iterator[Architecture]:
             if i == self.num_stages:
                 yield prefix
                 return
-            for choice in self.stages[i]:
+            for choice in self.choices[i]:
                 yield from rec(prefix + (choice,), i + 1)
         return rec((), 0)
 
-    def sample(self, rng: random.Random) -> Config:
-        """A uniformly random configuration (for tests and checks)."""
-        return tuple(rng.choice(choices) for choices in self.stages)
+    def sample(self, rng: random.Random) -> Architecture:
+        """A uniformly random architecture (for tests and checks)."""
+        return tuple(rng.choice(choices) for choices in self.choices)
 
     # -- costs ---------------------------------------------------------------------------------------------------
 
-    def cost(self, config: Config) -> Count:
-        """Exact MACs and parameters of ``config`` at ``input_size`` (a table look-up).
+    def cost(self, arch: Architecture) -> Count:
+        """Exact MACs and parameters of ``arch`` at ``input_size`` (a table look-up).
 
         Raises:
-            ConfigError: If ``config`` has a choice the tables do not hold.
+            ConfigError: If ``arch`` has a choice the tables do not hold.
         """
         total = self._reference
-        for i, choice in enumerate(config):
+        for i, choice in enumerate(arch):
             if choice.is_vanilla:
                 continue
             try:
@@ -382,25 +346,29 @@ class SearchSpace:
                     from None
         return total
 
-    def cost_direct(self, config: Config) -> Count:
+    def cost_direct(self, arch: Architecture) -> Count:
         """The same count from a freshly built model: slower, the check on ``cost``."""
         extra = {} if self.num_classes is None else {'num_classes': self.num_classes}
-        return analytic_count(_create(self.model, **self.model_kwargs(config), **extra), self.input_size)
+        return analytic_count(_create(self.model, **self.model_kwargs(arch), **extra), self.input_size)
+
+    def stage_value(self, stage: int, choice: StageChoice, metric: str) -> int:
+        """Exact change of ``metric`` (``macs`` or ``params``) when stage ``stage`` takes ``choice`` (vanilla: 0)."""
+        return 0 if choice.is_vanilla else int(getattr(self._deltas[stage][choice], metric))
 
     @cached_property
-    def _extremes(self) -> dict[str, tuple[Config, Config]]:
+    def _extremes(self) -> dict[str, tuple[Architecture, Architecture]]:
         out = {}
         for metric in ('macs', 'params'):
             low: list[StageChoice] = []
             high: list[StageChoice] = []
-            for i, choices in enumerate(self.stages):
-                values = {c: 0 if c.is_vanilla else int(getattr(self._deltas[i][c], metric)) for c in choices}
+            for i, choices in enumerate(self.choices):
+                values = {c: self.stage_value(i, c, metric) for c in choices}
                 low.append(min(choices, key=values.__getitem__))
                 high.append(max(choices, key=values.__getitem__))
             out[metric] = (tuple(low), tuple(high))
         return out
 
-    def bounds(self, metric: str = 'macs') -> tuple[tuple[int, Config], tuple[int, Config]]:
+    def bounds(self, metric: str = 'macs') -> tuple[tuple[int, Architecture], tuple[int, Architecture]]:
         """Exact ``((min, argmin), (max, argmax))`` of ``metric`` (``macs`` or ``params``) over the space.
 
         Exact because stages are independent at a fixed input size: the extreme of a sum of
@@ -411,9 +379,21 @@ class SearchSpace:
         low, high = self._extremes[metric]
         return (getattr(self.cost(low), metric), low), (getattr(self.cost(high), metric), high)
 
+    def share_within(self, metric: str, budget: float) -> float:
+        """Exact share of the space's architectures with ``metric <= budget`` (a walk over the per-stage tables)."""
+        counts: dict[int, int] = {0: 1}  # partial cost -> number of partial architectures
+        for i, choices in enumerate(self.choices):
+            nxt: dict[int, int] = {}
+            for partial, n in counts.items():
+                for c in choices:
+                    value = partial + self.stage_value(i, c, metric)
+                    nxt[value] = nxt.get(value, 0) + n
+            counts = nxt
+        base = getattr(self._reference, metric)
+        return sum(n for value, n in counts.items() if base + value <= budget) / self.size
 
-def _resolve_input_size(model: str, input_size: int | tuple[int, int, int] | None,
-                        num_classes: int | None) -> tuple[int, int, int]:
+
+def _resolve_input_size(model: str, input_size: int | tuple[int, int, int] | None) -> tuple[int, int, int]:
     if input_size is None:
         cfg = timm.get_pretrained_cfg(model)
         size = tuple(cfg.input_size) if cfg is not None and cfg.input_size else (3, 224, 224)
@@ -427,47 +407,41 @@ def _resolve_input_size(model: str, input_size: int | tuple[int, int, int] | Non
     return (int(input_size[0]), int(input_size[1]), int(input_size[2]))
 
 
-def _cost_tables(model: str, stages: Sequence[Sequence[StageChoice]], input_size: tuple[int, int, int],
-                 num_classes: int | None) -> tuple[Count, list[dict[StageChoice, Count]]]:
-    """The all-vanilla cost and, per stage, each choice's cost change (one ``meta`` model per stage and choice)."""
+def _cost_tables(model: str, stages: Sequence[StageSpec], choices: Sequence[Sequence[StageChoice]],
+                 input_size: tuple[int, int, int], num_classes: int | None
+                 ) -> tuple[Count, list[dict[StageChoice, Count]]]:
+    """The all-vanilla cost and, per stage, each choice's cost change, from the stages' SP sites.
+
+    Only a stage's SP sites differ between its choices, so a choice's change is the analytic count of
+    the stage's sites with that choice minus their count as plain convs. One ``meta`` model per distinct
+    choice (that choice in every stage that allows it) gives the site counts of all its stages at once.
+    """
     extra = {} if num_classes is None else {'num_classes': num_classes}
-    num_stages = len(stages)
+    sites = [site.module for stage in stages for site in stage.sites]
 
-    def count(alphas: Sequence[Any], groups: Sequence[int]) -> Count:
-        return analytic_count(_create(model, sp_alpha=tuple(alphas), sp_groups=tuple(groups), **extra), input_size)
+    def site_counts(arch: Sequence[StageChoice]) -> tuple[Count, dict[str, Count]]:
+        kwargs = {'sp_alpha': tuple(VANILLA if c.alpha is None else c.alpha for c in arch),
+                  'sp_groups': tuple(c.groups or 1 for c in arch)}
+        return analytic_site_counts(_create(model, **kwargs, **extra), input_size, sites)
 
-    reference = count([VANILLA] * num_stages, [1] * num_stages)
+    reference, vanilla = site_counts([StageChoice(None)] * len(stages))
     deltas: list[dict[StageChoice, Count]] = [{} for _ in stages]
-    for i, choices in enumerate(stages):
-        for choice in choices:
-            if choice.is_vanilla:
-                continue
-            alphas = [choice.alpha if j == i else VANILLA for j in range(num_stages)]
-            groups = [choice.groups or 1 if j == i else 1 for j in range(num_stages)]
-            single = count(alphas, groups)
-            deltas[i][choice] = Count(single.macs - reference.macs, single.params - reference.params)
+    for choice in sorted({c for allowed in choices for c in allowed if not c.is_vanilla}):
+        arch = [choice if choice in allowed else StageChoice(None) for allowed in choices]
+        _, counts = site_counts(arch)
+        for i, (stage, allowed) in enumerate(zip(stages, choices, strict=True)):
+            if choice in allowed:
+                change = Count()
+                for site in stage.sites:
+                    sp, plain = counts[site.module], vanilla[site.module]
+                    change += Count(sp.macs - plain.macs, sp.params - plain.params)
+                deltas[i][choice] = change
     return reference, deltas
-
-
-def _share_within(space: SearchSpace, metric: str, budget: float) -> float:
-    """Exact share of the space's configurations with ``metric <= budget`` (a walk over the per-stage tables)."""
-    counts: dict[int, int] = {0: 1}  # partial cost -> number of partial configurations
-    for i, choices in enumerate(space.stages):
-        nxt: dict[int, int] = {}
-        for partial, n in counts.items():
-            for c in choices:
-                value = partial + (0 if c.is_vanilla else getattr(space._deltas[i][c], metric))
-                nxt[value] = nxt.get(value, 0) + n
-        counts = nxt
-    base = getattr(space._reference, metric)
-    return sum(n for value, n in counts.items() if base + value <= budget) / space.size
 
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m spsearch.space --model sp_resnet34 --budget-gflops 2.0``: what a search space holds."""
     import argparse
-
-    import timm_plugins  # noqa: F401  (registers the SP models)
 
     parser = argparse.ArgumentParser(description='Describe the per-stage alpha/G search space of an SP model: '
                                                  'choices, size and exact GMACs/params extremes.')
@@ -481,18 +455,18 @@ def main(argv: list[str] | None = None) -> int:
     print(f'{space!r}; GMACs = 1e9 multiply-accumulates')
     print(space.describe())
     for metric, scale, unit in (('macs', 1e9, 'GMACs'), ('params', 1e6, 'M params')):
-        (low, low_config), (high, high_config) = space.bounds(metric)
-        print(f'{unit}: min {low / scale:.4f} {space.format(low_config)}; max {high / scale:.4f} '
-              f'{space.format(high_config)}')
-    vanilla = tuple(StageChoice(None) for _ in space.stages)
-    for name, config in (('paper (alpha 1/2, G 2)', space.paper_config()), ('vanilla', vanilla)):
-        cost = space.cost(config) if space.contains(config) else space.cost_direct(config)
+        (low, low_arch), (high, high_arch) = space.bounds(metric)
+        print(f'{unit}: min {low / scale:.4f} {space.format(low_arch)}; max {high / scale:.4f} '
+              f'{space.format(high_arch)}')
+    for name, arch in (('paper (alpha 1/2, G 2)', space.paper_arch()), ('vanilla', space.vanilla_arch())):
+        cost = space.cost(arch) if space.contains(arch) else space.cost_direct(arch)
         print(f'{name}: {cost.macs / 1e9:.4f} GMACs, {cost.params / 1e6:.3f}M params')
     if args.budget_gflops is not None:
-        share = _share_within(space, 'macs', args.budget_gflops * 1e9)
+        share = space.share_within('macs', args.budget_gflops * 1e9)
         print(f'within {args.budget_gflops:g} GMACs: {share:.1%} of the {space.size:,} configurations')
     return 0
 
 
 if __name__ == '__main__':
-    raise SystemExit(main())
+    from .cli import run_cli
+    raise SystemExit(run_cli(main))

@@ -85,6 +85,20 @@ def test_analytic_count_works_on_meta_device_and_after_folding():
     assert analytic_count(fused, (3, 96, 96)).macs == macs
 
 
+def test_paper_costs_tool_subtracts_the_fusion_ops_the_reference_thop_missed():
+    """tools/paper_costs.py's "ref. conv." column: the fusion modules must run (reference impl) to be seen."""
+    import importlib.util
+    from pathlib import Path
+    spec = importlib.util.spec_from_file_location('paper_costs', Path(__file__).parents[1] / 'tools/paper_costs.py')
+    assert spec is not None and spec.loader is not None
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    row = ROWS[('sp_resnet20', 1 / 2)]
+    measured = tool.measure(row)
+    missed = 5 * (16 + 32 + 64) * 6 + 2 * 6 * (16 * 32 * 32 + 32 * 16 * 16 + 64 * 8 * 8)
+    assert measured['macs'] - measured['ref_macs'] == missed
+
+
 def test_softmax_fusion_rule():
     assert softmax_fusion_macs(4, 2, 3) == 4 * (4 * 6 + 7)
 

@@ -13,6 +13,7 @@ from torch import nn
 
 import timm_plugins
 from spsearch import SPConv2d
+from spsearch.models import SPStagedModel, format_alpha, parse_alpha, stage_specs
 from spsearch.ops import fold_batchnorms
 
 SP_MODELS = timm_plugins.list_sp_models()
@@ -25,7 +26,7 @@ def small_input_size(name: str) -> tuple[int, int, int]:
 
 
 def test_registry_lists_exactly_our_models():
-    assert SP_MODELS == sorted(SP_MODELS, key=SP_MODELS.index)
+    assert len(SP_MODELS) == len(set(SP_MODELS))
     assert set(SP_MODELS) == {
         'sp_resnet18', 'sp_resnet34', 'sp_resnet50', 'sp_resnet101', 'sp_resnet152', 'sp_resnext50_32x4d',
         'sp_wide_resnet50_2', 'sp_resnet20', 'sp_resnet56', 'sp_resnet110', 'sp_vgg16_cifar'}
@@ -228,3 +229,36 @@ def test_reference_checkpoint_key_names():
     for k in ['conv1.weight', 'layer1.0.conv2.gwc.weight', 'layer1.0.conv2.pwc.weight', 'layer1.0.conv2.conv1x1.bias',
               'layer2.0.conv2.bn1.running_var', 'layer4.2.conv2.bn2.weight', 'layer2.0.downsample.0.weight', 'fc.bias']:
         assert k in keys, k
+
+
+@pytest.mark.parametrize('name', SP_MODELS)
+def test_stage_description_names_every_sp_site_once(name):
+    """Every SPConv of the model is a site of exactly one stage, with its own channels and stride; the
+    stage's modules exist; a vanilla model has the same sites (plain convs), so the description does not
+    depend on the settings it describes."""
+    model = timm.create_model(name, sp_alpha=(0.5, 'vanilla', 0.25, 1 / 8, 0.5)[:len(stage_specs(name))])
+    assert isinstance(model, SPStagedModel)
+    stages = model.sp_stages()
+    sites = [site for stage in stages for site in stage.sites]
+    assert len({s.module for s in sites}) == len(sites) > 0
+    sp_convs = {n for n, m in model.named_modules() if isinstance(m, SPConv2d)}
+    vanilla_stage = 1
+    assert sp_convs == {s.module for i, st in enumerate(stages) if i != vanilla_stage for s in st.sites}
+    for site in sites:
+        conv = model.get_submodule(site.module)
+        assert (site.in_channels, site.out_channels) == (conv.in_channels, conv.out_channels)
+        assert site.stride == (conv.stride if isinstance(conv, SPConv2d) else conv.stride[0])
+    for stage in stages:
+        for module in stage.modules:
+            model.get_submodule(module)
+    assert stage_specs(name, sp_alpha='vanilla') == stages
+
+
+def test_one_alpha_parser_and_formatter():
+    assert parse_alpha('1/2') == parse_alpha(0.5) == 0.5
+    assert parse_alpha('vanilla') is None and parse_alpha(None) is None
+    for word in ('dense', 'conv'):  # "dense" is an implementation name, never a vanilla stage
+        with pytest.raises(ValueError, match='not a split ratio'):
+            timm.create_model('sp_resnet20', sp_alpha=word)
+    assert [format_alpha(a) for a in (None, 0.5, 1.0, 0.01, 1 / 3, 0.3)] == ['vanilla', '1/2', '1', '1/100', '1/3',
+                                                                             '3/10']

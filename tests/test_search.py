@@ -15,6 +15,7 @@ import yaml
 from optuna.trial import TrialState
 
 import spsearch.search.driver as driver
+import timm_plugins
 from spsearch.cli import run_cli
 from spsearch.errors import ConfigError
 from spsearch.search import SearchConfig, run_search
@@ -51,7 +52,7 @@ def space34() -> SearchSpace:
 
 def test_table_costs_equal_a_fresh_count(space20):
     rng = random.Random(0)
-    configs = [space20.paper_config(), *(space20.sample(rng) for _ in range(6))]
+    configs = [space20.paper_arch(), *(space20.sample(rng) for _ in range(6))]
     for config in configs:
         assert space20.cost(config) == space20.cost_direct(config), space20.format(config)
 
@@ -68,10 +69,10 @@ def test_bounds_are_the_exact_extremes_of_the_space():
 
 
 def test_share_within_budget_is_exact_and_main_prints_the_space(capsys):
-    from spsearch.space import _share_within, main
+    from spsearch.space import main
     space = SearchSpace.build('sp_resnet20', alphas=['vanilla', '1/2', '1/4'], groups=[1, 2])
     budget = 0.02e9
-    assert _share_within(space, 'macs', budget) == sum(space.cost(c).macs <= budget for c in space) / space.size
+    assert space.share_within('macs', budget) == sum(space.cost(c).macs <= budget for c in space) / space.size
     assert main(['--model', 'sp_resnet20', '--budget-gflops', '0.02']) == 0
     out = capsys.readouterr().out
     assert 'GMACs: min 0.0101' in out and 'of the 4,050 configurations' in out
@@ -82,7 +83,7 @@ def test_resnet34_space_spans_the_default_budget(space34):
     (low, _), (high, _) = space.bounds('macs')
     assert space.input_size == (3, 224, 224)
     assert low / 1e9 < 2.0 < high / 1e9  # the default budget is binding: configurations on both sides
-    assert round(space.cost(space.paper_config()).macs / 1e9, 3) == 1.459
+    assert round(space.cost(space.paper_arch()).macs / 1e9, 3) == 1.459
     vanilla = tuple(StageChoice(None) for _ in range(4))
     assert round(space.cost(vanilla).macs / 1e9, 3) == 3.679
 
@@ -90,21 +91,32 @@ def test_resnet34_space_spans_the_default_budget(space34):
 def test_only_exact_splits_and_vanilla_once(space34):
     space = space34
     # stage 1 has 64 input channels: 64/16 = 4 cannot be cut into 8 groups, so that pair is left out
-    assert StageChoice(1 / 16, 4) in space.stages[0] and StageChoice(1 / 16, 8) not in space.stages[0]
-    assert StageChoice(1 / 16, 8) in space.stages[3]
-    for choices in space.stages:
+    assert StageChoice(1 / 16, 4) in space.choices[0] and StageChoice(1 / 16, 8) not in space.choices[0]
+    assert StageChoice(1 / 16, 8) in space.choices[3]
+    for choices in space.choices:
         assert sum(c.is_vanilla for c in choices) == 1
         assert len(set(choices)) == len(choices)
 
 
 def test_params_round_trip_and_model_kwargs(space20):
     config = (StageChoice(None), StageChoice(1 / 4, 2), StageChoice(1.0, 8))
-    params = space20.params(config)
+    params = space20.optuna_params(config)
     assert params == {'stage1': 'vanilla', 'stage2': 'alpha=1/4,G=2', 'stage3': 'alpha=1,G=8'}
-    assert space20.from_params(params) == config
+    assert space20.from_optuna_params(params) == config
     assert space20.model_kwargs(config) == {'sp_alpha': ('vanilla', 0.25, 1.0), 'sp_groups': (1, 2, 8)}
     with pytest.raises(ConfigError, match='not a choice'):
         space20.check((StageChoice(1 / 3, 2),) * 3)
+
+
+@pytest.mark.parametrize('name', timm_plugins.list_sp_models())
+def test_space_builds_for_every_registered_family(name):
+    """The space reads each family's stage description: one categorical per stage, exact table costs."""
+    space = SearchSpace.build(name)
+    assert space.num_stages == len(space.stages) == len(space.choices) >= 3
+    rng = random.Random(0)
+    for arch in (space.paper_arch(), space.vanilla_arch(), space.sample(rng)):
+        if space.contains(arch):
+            assert space.cost(arch) == space.cost_direct(arch), space.format(arch)
 
 
 @pytest.mark.parametrize('kwargs,match', [
@@ -176,7 +188,7 @@ def test_tiny_study_completes_within_budget_and_skips_over_budget_training(tiny_
     trained = [tuple(c['sp_alpha']) + tuple(c['sp_groups']) for c in calls]
     for t in over:
         assert t.state == TrialState.PRUNED and t.constraints['gmacs'] > 0 and 'epochs' not in t.user_attrs
-        kwargs = run.space.model_kwargs(run.space.from_params(t.params))
+        kwargs = run.space.model_kwargs(run.space.from_optuna_params(t.params))
         assert tuple(kwargs['sp_alpha']) + tuple(kwargs['sp_groups']) not in trained
     assert len(calls) == sum(1 for t in trials if 'epochs' in t.user_attrs and 'duplicate_of' not in t.user_attrs)
     baseline = trials[0]
@@ -197,7 +209,7 @@ def test_tiny_study_reports(tiny_study):
     top = max(complete, key=lambda t: t.value)
     assert best['model'] == 'sp_resnet20' and best['epochs'] == cfg.retrain_epochs
     assert best['model_kwargs'] == {k: list(v) for k, v in run.space.model_kwargs(
-        run.space.from_params(top.params)).items()}
+        run.space.from_optuna_params(top.params)).items()}
     summary = (out / 'summary.md').read_text()
     assert '1e9 multiply-accumulates' in summary and '| paper |' in summary and 'Machine:' in summary
     assert yaml.safe_load((out / 'search.yaml').read_text())['budget_gflops'] == 0.016
@@ -242,6 +254,13 @@ def test_latency_budget_ends_slow_candidates_before_training(tmp_path, monkeypat
     cache = json.loads((tmp_path / 'latency_cache.json').read_text())
     assert len(cache) == len({tuple(sorted(t.params.items())) for t in trials})
     assert (tmp_path / 'pareto_latency.csv').exists() or not calls
+
+
+def test_latency_bounds_time_stages_that_are_runs_of_layers(one_thread):
+    """VGG's stages are runs of ``features`` layers, not modules: the stage description names them."""
+    space = SearchSpace.build('sp_vgg16_cifar', alphas=['vanilla', '1/8'], groups=[1])
+    low, high = latency_bounds(space, latency_protocol('cpu', 1, 1, 3))
+    assert 0 < low < high
 
 
 def test_multi_objective_nsga2_without_pruning(tmp_path):

@@ -23,12 +23,17 @@ import timm_plugins  # noqa: F401  (registers the SP models)
 from spsearch.cost import profile_model
 from spsearch.cost.paper import PAPER_ROWS, PaperRow
 from spsearch.io import atomic_write_text
-from spsearch.ops import SoftmaxFusion
+from spsearch.ops import SoftmaxFusion, set_spconv_impl
 from spsearch.provenance import markdown_header
 
 
 def fusion_ops_missed_by_reference_thop(model: torch.nn.Module, input_size: tuple[int, int, int]) -> int:
-    """Softmax (5 ops per channel) + weighted sum (2 per element) of every fusion, per image."""
+    """Softmax (5 ops per channel) + weighted sum (2 per element) of every fusion, per image.
+
+    The fusion modules run (and their hooks fire) only in the reference implementation; the fast
+    paths compute the fusion inside one function.
+    """
+    set_spconv_impl(model, 'reference')
     missed: list[int] = []
     hooks = [m.register_forward_hook(lambda _m, _i, out: missed.append(5 * out.shape[1] + 2 * out[0].numel()))
              for m in model.modules() if isinstance(m, SoftmaxFusion)]

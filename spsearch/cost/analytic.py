@@ -9,12 +9,15 @@ forward-free, it also works on models built on the ``meta`` device, which makes 
 counter for scanning search spaces.
 
 Rules exist for the modules of the SP families and timm's ResNet and VGG; any other module type
-raises ``UnsupportedModuleError`` rather than being silently counted as zero.
+raises ``UnsupportedModuleError`` rather than being silently counted as zero. ``analytic_count``
+can also report the count of named submodules from the same walk (``sites``): the search space
+reads the cost of each stage's SP sites from it.
 """
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 from timm.layers import ClassifierHead, SelectAdaptivePool2d
@@ -26,7 +29,7 @@ from torch import nn
 from ..ops import SPConv2d
 from .thop_count import softmax_fusion_macs
 
-__all__ = ['Count', 'UnsupportedModuleError', 'analytic_count']
+__all__ = ['Count', 'UnsupportedModuleError', 'analytic_count', 'analytic_site_counts']
 
 Shape = tuple[int, ...]
 """Per-sample shape: ``(C, H, W)`` for maps, ``(F,)`` after flattening."""
@@ -150,13 +153,10 @@ def _block(m: BasicBlock | Bottleneck, shape: Shape) -> tuple[Shape, Count]:
     return out, total
 
 
-def _resnet(m: ResNet, shape: Shape) -> tuple[Shape, Count]:
-    stages = [getattr(m, name) for name in getattr(m, 'stage_names', ('layer1', 'layer2', 'layer3', 'layer4'))]
-    return _sequence([m.conv1, m.bn1, m.act1, m.maxpool, *stages, m.global_pool, m.fc], shape)
-
-
-def _vgg(m: VGG, shape: Shape) -> tuple[Shape, Count]:
-    return _sequence([m.features, m.pre_logits, m.head], shape)
+def _children(m: ResNet | VGG, shape: Shape) -> tuple[Shape, Count]:
+    """timm's ResNet (stem, stages, pool, classifier) and VGG (features, pre-logits, head) run their child
+    modules in the order they were registered; the families built on them keep that order."""
+    return _sequence(list(m.children()), shape)
 
 
 def _select_pool(m: SelectAdaptivePool2d, shape: Shape) -> tuple[Shape, Count]:
@@ -182,17 +182,24 @@ _RULES: list[tuple[type | tuple[type, ...], Callable[..., tuple[Shape, Count]]]]
     (_ZERO_COST, lambda m, s: (s, Count())),
     (nn.Sequential, lambda m, s: _sequence(list(m), s)),
     ((BasicBlock, Bottleneck), _block),
-    (ResNet, _resnet),
-    (VGG, _vgg),
+    ((ResNet, VGG), _children),
     (SelectAdaptivePool2d, _select_pool),
     (ClassifierHead, _classifier_head),
 ]
 
 
+_SITES: ContextVar[tuple[dict[int, str], dict[str, Count]] | None] = ContextVar('analytic_sites', default=None)
+"""While ``analytic_site_counts`` walks: the modules to report (by id) and their counts so far."""
+
+
 def _walk(module: nn.Module, shape: Shape) -> tuple[Shape, Count]:
     for types, rule in _RULES:
         if isinstance(module, types):
-            return rule(module, shape)
+            out, count = rule(module, shape)
+            sites = _SITES.get()
+            if sites is not None and id(module) in sites[0]:
+                sites[1][sites[0][id(module)]] = count
+            return out, count
     raise UnsupportedModuleError(f'no analytic rule for {type(module).__module__}.{type(module).__name__}')
 
 
@@ -207,3 +214,32 @@ def analytic_count(model: nn.Module, input_size: tuple[int, int, int]) -> Count:
         UnsupportedModuleError: If the model holds a module type without a rule.
     """
     return _walk(model, tuple(input_size))[1]
+
+
+def analytic_site_counts(model: nn.Module, input_size: tuple[int, int, int],
+                         sites: Iterable[str]) -> tuple[Count, dict[str, Count]]:
+    """``analytic_count`` of ``model`` and, from the same walk, of each named submodule in ``sites``.
+
+    Args:
+        model: A supported model (any device, ``meta`` included).
+        input_size: ``(C, H, W)`` of one input image.
+        sites: Names of submodules (``layer1.0.conv1``) whose own counts to report.
+
+    Returns:
+        The model's count, and each site's count at the input shape it sees in the model.
+
+    Raises:
+        UnsupportedModuleError: If the model holds a module type without a rule.
+        KeyError: If a site is not a submodule, or the walk does not reach it.
+    """
+    targets = {id(model.get_submodule(name)): name for name in sites}
+    found: dict[str, Count] = {}
+    token = _SITES.set((targets, found))
+    try:
+        total = _walk(model, tuple(input_size))[1]
+    finally:
+        _SITES.reset(token)
+    missing = sorted(set(targets.values()) - set(found))
+    if missing:
+        raise KeyError(f'the analytic walk did not reach {", ".join(missing)}')
+    return total, found

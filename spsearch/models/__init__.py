@@ -1,10 +1,72 @@
-"""SP model families built on timm's ResNet and VGG classes (registered by ``timm_plugins``)."""
-from .cifar import VGG16_CFG, CifarResNet, CifarVGG, create_sp_cifar_resnet, create_sp_cifar_vgg
-from .sp_resnet import SPBasicBlock, SPBottleneck, create_sp_resnet, sp_stage_blocks
-from .stage_config import VANILLA, format_stage_values, parse_stage_alphas, parse_stage_groups
+"""SP model families on timm's ResNet and VGG classes, registered with timm on import.
+
+Each family is one module holding its blocks, its stage description (``sp_stages()``) and its
+``default_cfgs`` + ``@register_model`` entrypoints, as timm's own model modules do. Importing
+this package (``import spsearch``, or ``import timm_plugins``) registers them all.
+
+Add a family: write ``spsearch/models/sp_<family>.py`` with the model class (implementing
+``sp_stages()``, see ``stages.SPStagedModel``), ``default_cfgs`` and the entrypoints, and import it in
+``FAMILIES`` below; the generic tests (models, costs, the search space) then cover it.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import timm
+import torch
+from torch import nn
+
+from . import sp_resnet, sp_resnet_cifar, sp_vgg_cifar
+from .sp_resnet import SPBasicBlock, SPBottleneck, SPResNet, create_sp_resnet, sp_stage_blocks
+from .sp_resnet_cifar import CifarResNet, create_sp_cifar_resnet
+from .sp_vgg_cifar import VGG16_CFG, CifarVGG, create_sp_cifar_vgg
+from .stages import (
+    VANILLA,
+    SPSite,
+    SPStagedModel,
+    StageAlpha,
+    StageSpec,
+    format_alpha,
+    format_stage_values,
+    parse_alpha,
+    parse_groups,
+    parse_stage_alphas,
+    parse_stage_groups,
+)
 
 __all__ = [
-    'VANILLA', 'VGG16_CFG', 'CifarResNet', 'CifarVGG', 'SPBasicBlock', 'SPBottleneck',
-    'create_sp_cifar_resnet', 'create_sp_cifar_vgg', 'create_sp_resnet', 'format_stage_values',
-    'parse_stage_alphas', 'parse_stage_groups', 'sp_stage_blocks',
+    'FAMILIES', 'VANILLA', 'VGG16_CFG', 'CifarResNet', 'CifarVGG', 'SPBasicBlock', 'SPBottleneck', 'SPResNet',
+    'SPSite', 'SPStagedModel', 'StageAlpha', 'StageSpec', 'create_sp_cifar_resnet', 'create_sp_cifar_vgg',
+    'create_sp_resnet', 'format_alpha', 'format_stage_values', 'list_sp_models', 'parse_alpha', 'parse_groups',
+    'parse_stage_alphas', 'parse_stage_groups', 'sp_stage_blocks', 'stage_specs',
 ]
+
+FAMILIES = (sp_resnet, sp_resnet_cifar, sp_vgg_cifar)
+"""The family modules; timm knows each by its last name component (``list_models(module=...)``)."""
+
+
+def list_sp_models(filter: str = '', include_tags: bool = False) -> list[str]:
+    """Names of the registered SP models (optionally ``name.tag``), filtered like ``timm.list_models``.
+
+    ``timm.list_models('sp*')`` also matches timm's own ``spnasnet_100``; this lists exactly ours.
+    """
+    return timm.list_models(filter, module=[f.__name__.rsplit('.', 1)[-1] for f in FAMILIES],
+                            include_tags=include_tags)
+
+
+def stage_specs(model: str | nn.Module, **kwargs: Any) -> tuple[StageSpec, ...]:
+    """The stage description of an SP model instance, or of a registered SP model name.
+
+    A name is built once on the ``meta`` device (no memory, no initialisation) with ``kwargs``.
+
+    Raises:
+        ValueError: If the name is not a registered SP model, or the model has no stage description.
+    """
+    if isinstance(model, str):
+        if model not in list_sp_models():
+            raise ValueError(f'{model!r} is not an SP model; choose one of {", ".join(list_sp_models())}')
+        with torch.device('meta'):
+            model = timm.create_model(model, **kwargs)
+    if not isinstance(model, SPStagedModel):
+        raise ValueError(f'{type(model).__name__} has no stage description (sp_stages()); it is not an SP model')
+    return model.sp_stages()

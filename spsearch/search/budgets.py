@@ -21,7 +21,7 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..io import atomic_write_json
-from ..space import Config, SearchSpace
+from ..space import Architecture, SearchSpace
 
 __all__ = [
     'BUDGET_FLAGS', 'Costs', 'LatencyCache', 'check_latency_budget', 'check_space_budgets', 'constraints',
@@ -110,7 +110,7 @@ class LatencyCache:
         return data if isinstance(data, dict) else {}
 
     @staticmethod
-    def key(space: SearchSpace, config: Config, protocol: dict[str, Any]) -> str:
+    def key(space: SearchSpace, config: Architecture, protocol: dict[str, Any]) -> str:
         return json.dumps({'model': space.model, 'input_size': list(space.input_size),
                            'num_classes': space.num_classes, 'config': [c.label for c in config], **protocol},
                           sort_keys=True)
@@ -144,7 +144,7 @@ def latency_protocol(device: str, batch_size: int, warmup: int, repeats: int) ->
             'fused': True, 'torch': torch.__version__}
 
 
-def measure_config_latency(space: SearchSpace, config: Config, protocol: dict[str, Any]) -> dict[str, Any]:
+def measure_config_latency(space: SearchSpace, config: Architecture, protocol: dict[str, Any]) -> dict[str, Any]:
     """Median latency (and quartiles) of ``config`` under ``protocol``; a fresh randomly initialised model."""
     import timm
     import torch
@@ -161,21 +161,16 @@ def measure_config_latency(space: SearchSpace, config: Config, protocol: dict[st
             'device_name': protocol['device_name'], 'batch_size': protocol['batch_size']}
 
 
-def _stage_modules(model: Any) -> list[Any] | None:
-    names = getattr(model, 'stage_names', None) or [f'layer{i}' for i in range(1, 9) if hasattr(model, f'layer{i}')]
-    modules = [getattr(model, name, None) for name in names]
-    return modules if modules and all(m is not None for m in modules) else None
-
-
-def _time_stages(model: Any, stages: list[Any], x: Any, warmup: int, repeats: int,
+def _time_stages(model: Any, spans: list[tuple[Any, Any]], x: Any, warmup: int, repeats: int,
                  sync: Callable[[], None]) -> tuple[list[float], float]:
-    """Median ms of each stage inside the forward pass, and of the rest of it (stem and head)."""
+    """Median ms of each span (first module's input to last module's output) inside the forward pass,
+    and of the rest of it (stem and head)."""
     import statistics
     import time
 
     import torch
 
-    times: list[list[float]] = [[] for _ in stages]
+    times: list[list[float]] = [[] for _ in spans]
     marks: dict[int, float] = {}
 
     def pre(i: int) -> Callable[..., None]:
@@ -190,8 +185,8 @@ def _time_stages(model: Any, stages: list[Any], x: Any, warmup: int, repeats: in
             times[i].append(time.perf_counter() - marks[i])
         return hook
 
-    handles = [h for i, m in enumerate(stages) for h in (m.register_forward_pre_hook(pre(i)),
-                                                          m.register_forward_hook(post(i)))]
+    handles = [h for i, (first, last) in enumerate(spans) for h in (first.register_forward_pre_hook(pre(i)),
+                                                                     last.register_forward_hook(post(i)))]
     totals = []
     try:
         with torch.inference_mode():
@@ -213,17 +208,18 @@ def _time_stages(model: Any, stages: list[Any], x: Any, warmup: int, repeats: in
     return [statistics.median(t) * 1000 for t in times], max(0.0, statistics.median(rest) * 1000)
 
 
-def latency_bounds(space: SearchSpace, protocol: dict[str, Any]) -> tuple[float, float] | None:
+def latency_bounds(space: SearchSpace, protocol: dict[str, Any]) -> tuple[float, float]:
     """Estimated minimum and maximum latency (ms) over the space, from per-stage timings.
 
-    Latency has no exact extreme short of timing every configuration, but stages run one after
-    another, so a configuration's latency is close to the stem and head's time plus each stage's
-    time for its choice. For every distinct choice one model with that choice in every stage is
-    timed under the protocol, with each stage timed inside the same forward pass (synchronised
-    hooks); the bounds add up the fastest and the slowest choice per stage.
+    Latency has no exact extreme short of timing every architecture, but stages run one after
+    another, so an architecture's latency is close to the stem and head's time plus each stage's
+    time for its choice. For every distinct choice one model with that choice in every stage that
+    allows it is timed under the protocol, each stage (the modules of its ``StageSpec``) timed
+    inside the same forward pass (synchronised hooks); the bounds add up the fastest and the
+    slowest choice per stage.
 
     Returns:
-        ``(low, high)`` in ms, or None when the model's stages are not modules (no estimate).
+        ``(low, high)`` in ms.
     """
     import timm
     import torch
@@ -234,18 +230,17 @@ def latency_bounds(space: SearchSpace, protocol: dict[str, Any]) -> tuple[float,
         else torch.device('cpu')
     sync = torch.cuda.synchronize if device.type == 'cuda' else (lambda: None)
     extra: dict[str, Any] = {} if space.num_classes is None else {'num_classes': space.num_classes}
-    distinct = sorted({c for choices in space.stages for c in choices}, key=lambda c: c.label)
+    distinct = sorted({c for choices in space.choices for c in choices}, key=lambda c: c.label)
     per_stage: list[dict[Any, float]] = [{} for _ in space.stages]
     rest: list[float] = []
     x = torch.randn(protocol['batch_size'], *space.input_size, device=device)
     for choice in distinct:
-        config = tuple(choice if choice in choices else choices[0] for choices in space.stages)
-        model = prepare_model(timm.create_model(space.model, **space.model_kwargs(config), **extra), device, fused=True)
-        stages = _stage_modules(model)
-        if stages is None:
-            return None
-        medians, other = _time_stages(model, stages, x, protocol['warmup'], protocol['repeats'], sync)
-        for i, c in enumerate(config):
+        arch = tuple(choice if choice in choices else choices[0] for choices in space.choices)
+        model = prepare_model(timm.create_model(space.model, **space.model_kwargs(arch), **extra), device, fused=True)
+        spans = [(model.get_submodule(stage.modules[0]), model.get_submodule(stage.modules[-1]))
+                 for stage in space.stages]
+        medians, other = _time_stages(model, spans, x, protocol['warmup'], protocol['repeats'], sync)
+        for i, c in enumerate(arch):
             per_stage[i][c] = min(per_stage[i].get(c, float('inf')), medians[i])
         rest.append(other)
     base = min(rest)
@@ -262,12 +257,8 @@ def check_latency_budget(space: SearchSpace, budget: float, protocol: dict[str, 
     Raises:
         ConfigError: ``budget`` < 0.9 x the estimated minimum, with that minimum.
     """
-    bounds = latency_bounds(space, protocol)
+    low, high = latency_bounds(space, protocol)
     where = f'on {protocol["device_name"]} ({protocol["device"]}) at batch {protocol["batch_size"]}'
-    if bounds is None:
-        return [f'no latency estimate for {space.model} (its stages are not modules): --budget-latency-ms is '
-                f'only checked per candidate']
-    low, high = bounds
     if budget < 0.9 * low:
         raise ConfigError(f'--budget-latency-ms {budget:g} is below the minimum latency of the search space, about '
                           f'{low:.3g} ms {where} (fastest choice per stage, timed per stage); raise the budget or '

@@ -37,7 +37,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from ..errors import ConfigError, SPSearchError
 from ..io import atomic_write_yaml
-from ..space import Config, SearchSpace
+from ..space import Architecture, SearchSpace
 from ..train import TrainConfig, TrainResult, make_accelerator, train
 from .budgets import (
     Costs,
@@ -159,8 +159,6 @@ class SearchRun:
         Raises:
             SPSearchError: On any bad input, before the study or its files are touched.
         """
-        import timm_plugins  # noqa: F401  (registers the SP models, whoever calls the library)
-
         space = SearchSpace.build(cfg.model, cfg.alphas, cfg.groups, cfg.eval_img_size)
         notes = check_space_budgets(space, cfg.budgets)
         if not cfg.budgets:
@@ -221,9 +219,9 @@ class SearchRun:
             with warnings.catch_warnings():
                 warnings.simplefilter('ignore', optuna.exceptions.ExperimentalWarning)
                 study.set_metric_names(['proxy_top1', cfg.mo_metric] if cfg.multi_objective else ['proxy_top1'])
-            paper = space.paper_config()
+            paper = space.paper_arch()
             if space.contains(paper):
-                study.enqueue_trial(space.params(paper), user_attrs={'baseline': True})
+                study.enqueue_trial(space.optuna_params(paper), user_attrs={'baseline': True})
             else:
                 notes.append(f'the paper configuration ({space.format(paper)}) is not in this space, so it is no '
                              f'trial; it is still retrained as the baseline')
@@ -386,7 +384,7 @@ class SearchRun:
         self.log(f'{head} | over budget ({"; ".join(over)}): not trained')
         raise optuna.TrialPruned('over budget')
 
-    def _latency(self, config: Config) -> dict[str, Any]:
+    def _latency(self, config: Architecture) -> dict[str, Any]:
         assert self.protocol is not None and self.latency_cache is not None
         key = LatencyCache.key(self.space, config, self.protocol)
         found = self.latency_cache.get(key)

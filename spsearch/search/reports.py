@@ -122,7 +122,7 @@ def _pareto(run: SearchRun, trials: list[FrozenTrial], metric: str, label: str) 
     front = pareto_front(points)
     out = run.output
     rows = [{'number': t.number, metric: round(c, 4), 'proxy_top1': round(a, 2),
-             'config': run.space.format(run.space.from_params(t.params))} for c, a, t in front]
+             'config': run.space.format(run.space.from_optuna_params(t.params))} for c, a, t in front]
     atomic_write_text(out / f'pareto_{metric.split("_")[0]}.csv', csv_text(rows))
     png = out / f'pareto_{metric.split("_")[0]}.png'
     _plot(png, points, front, metric, label, run.cfg.budgets.get(metric), run.study.study_name)
@@ -172,7 +172,7 @@ def write_reports(run: SearchRun, search_wall_s: float | None = None, total_wall
     best = best_trials(trials, 1)
     if best:
         t = best[0]
-        config = run.space.from_params(t.params)
+        config = run.space.from_optuna_params(t.params)
         recipe = run.cfg.retrain_train_config(
             {k: list(v) for k, v in run.space.model_kwargs(config).items()}, str(out / 'retrain' / f'trial-{t.number}'),
             experiment=f'search {run.study.study_name} trial-{t.number}')
@@ -226,7 +226,7 @@ def _summary(run: SearchRun, trials: list[FrozenTrial], written: dict[str, Any],
         if pick is None:
             lines.append(f'| {name} | - | none | | | | | |')
             continue
-        lines.append(f'| {name} | {pick.number} | {space.format(space.from_params(pick.params))} | '
+        lines.append(f'| {name} | {pick.number} | {space.format(space.from_optuna_params(pick.params))} | '
                      f'{_fmt(pick.user_attrs.get("gmacs"), 3)} | {_fmt(pick.user_attrs.get("mparams"))} | '
                      f'{_fmt(pick.user_attrs.get("latency_ms"), 1)} | {_fmt(proxy_top1(pick))} | '
                      f'{"yes" if feasible(pick) else "no"} |')

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError
 from ..io import atomic_write_text, atomic_write_yaml
-from ..space import Config
+from ..space import Architecture
 from .reports import best_trials, csv_text, proxy_top1
 
 if TYPE_CHECKING:
@@ -84,9 +84,9 @@ def retrain(run: SearchRun, top: int | None = None) -> list[dict[str, Any]]:
         raise ConfigError(f'retraining runs train.py, which is not at {TRAIN_PY}; run search.py from the SPSearch '
                           f'repository, or pass --retrain-top 0')
     trials = run.study.get_trials(deepcopy=False)
-    jobs: list[tuple[str, Config, Any]] = [(f'trial-{t.number}', space.from_params(t.params), t)
+    jobs: list[tuple[str, Architecture, Any]] = [(f'trial-{t.number}', space.from_optuna_params(t.params), t)
                                            for t in best_trials(trials, top)]
-    paper = space.paper_config()
+    paper = space.paper_arch()
     if not any(config == paper for _, config, _ in jobs):
         paper_trial = next((t for t in trials if t.user_attrs.get('baseline')), None)
         jobs.append(('paper', paper, paper_trial))

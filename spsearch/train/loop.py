@@ -29,6 +29,7 @@ import torch
 from accelerate.utils import set_seed
 from torch import nn
 
+from .. import models as _models  # noqa: F401  (registers the SP models with timm)
 from ..data import DataConfig, Loaders, create_loaders, dataset_info
 from ..errors import ConfigError
 from ..io import atomic_write_json, atomic_write_text, atomic_write_yaml
@@ -106,12 +107,10 @@ def build_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
     Raises:
         ConfigError: Unknown model, or keyword arguments it rejects.
     """
-    import timm_plugins  # noqa: F401  (registers the SP models; the loop must work without the caller importing it)
-
     if not timm.is_model(cfg.model):
         close = timm.list_models(f'*{cfg.model.split(".")[0][-8:]}*')[:5]
         hint = f' (close: {", ".join(close)})' if close else ''
-        raise ConfigError(f'unknown model {cfg.model!r}{hint}; see timm.list_models() or timm_plugins.list_sp_models()')
+        raise ConfigError(f'unknown model {cfg.model!r}{hint}; see timm.list_models() or spsearch.list_sp_models()')
     kwargs = {'num_classes': num_classes, **cfg.model_kwargs}
     try:
         return timm.create_model(cfg.model, **kwargs)

@@ -1,42 +1,38 @@
-"""CIFAR-layout networks of the SPConv paper, on timm's ``ResNet`` and ``VGG`` classes.
+"""SP-ResNet (CIFAR layout): the ResNet-20/56/110 of the SPConv paper's CIFAR tables, on timm's ``ResNet``.
 
-- ``CifarResNet``: the ResNet-20/56/110 of He et al. (2016, Sec. 4.2): a 3x3 stem at stride 1 and
-  no max pool, three stages of BasicBlocks with 16/32/64 channels, 1x1 conv + BN projection
-  shortcuts (timm's ``downsample_conv``). It reuses timm's ``make_blocks``, head, init, classifier
-  reset and parameter grouping; only the stem and the stage loop (timm's ResNet hard-codes four
-  stages and a stride-4 stem) are its own.
-- ``CifarVGG``: VGG-16 with BN (13 convs with bias, each followed by BN and ReLU, five max pools)
-  and a 512-512-classes classifier, the model that the paper's SPConv-VGG rows fit. It reuses
-  timm's ``VGG`` methods (features, intermediates, pruning, head) with its own ``__init__`` so the
-  ImageNet head (a 7x7 conv to 4096 channels, 100M parameters) is never built.
+``CifarResNet`` is the ResNet of He et al. (2016, Sec. 4.2): a 3x3 stem at stride 1 and no max
+pool, three stages of BasicBlocks with 16/32/64 channels, 1x1 conv + BN projection shortcuts
+(timm's ``downsample_conv``). It reuses timm's ``make_blocks``, head, init, classifier reset and
+parameter grouping, and the SP blocks and stage description of ``sp_resnet``; only the stem and the
+stage loop (timm's ResNet hard-codes four stages and a stride-4 stem) are its own. The first conv
+stays vanilla and every block 3x3 conv can be SPConv, per stage.
 
-In both, the first conv stays vanilla and every other 3x3 conv can be SPConv, per stage.
+Registered here, on import: ``sp_resnet20``, ``sp_resnet56``, ``sp_resnet110`` (``sp_alpha`` and
+``sp_groups``, scalar or per stage, ``"vanilla"`` for plain convs).
 """
 from __future__ import annotations
 
-from collections import OrderedDict
-from collections.abc import Callable, Sequence
-from typing import Any, cast
+from collections.abc import Sequence
+from typing import Any
 
 import torch
-from timm.layers import ClassifierHead, create_classifier, get_act_layer, get_norm_layer, to_ntuple
-from timm.models import build_model_with_cfg, checkpoint_seq
+from timm.layers import create_classifier, get_act_layer, get_norm_layer, to_ntuple
+from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
-from timm.models.resnet import BasicBlock, ResNet, make_blocks
-from timm.models.vgg import VGG
+from timm.models.resnet import BasicBlock, make_blocks
 from torch import nn
 
-from ..ops import SPConv2d
-from .sp_resnet import sp_stage_blocks
-from .stage_config import parse_stage_alphas, parse_stage_groups
+from .sp_resnet import SPResNet, sp_stage_blocks
+from .stages import parse_stage_alphas, parse_stage_groups
 
-__all__ = ['CifarResNet', 'CifarVGG', 'VGG16_CFG', 'create_sp_cifar_resnet', 'create_sp_cifar_vgg']
+__all__ = ['CIFAR10_MEAN', 'CIFAR10_STD', 'CifarResNet', 'cifar_cfg', 'create_sp_cifar_resnet']
 
-VGG16_CFG: list[int | str] = [64, 64, 'M', 128, 128, 'M', 256, 256, 256, 'M', 512, 512, 512, 'M', 512, 512, 512, 'M']
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 
 
-class CifarResNet(ResNet):
-    """ResNet for small (32x32) inputs with any number of stages.
+class CifarResNet(SPResNet):
+    """ResNet for small (32x32) inputs with any number of stages (its stage description is ``SPResNet``'s).
 
     Args:
         block: Block class, or one per stage (see ``sp_stage_blocks``).
@@ -174,90 +170,6 @@ class CifarResNet(ResNet):
         return take_indices
 
 
-class CifarVGG(VGG):
-    """VGG with BN for 32x32 inputs, a 512-512-classes classifier, and SPConv per stage.
-
-    Args:
-        cfg: Layer list as timm's VGG takes it (channels, ``'M'`` for a max pool).
-        sp_alpha: Split ratio, scalar or one per stage (stages end at each ``'M'``);
-            ``"vanilla"`` for plain convs. The first conv is always vanilla.
-        sp_groups: GWC groups, scalar or per stage.
-        num_classes: Classifier outputs.
-        in_chans: Input channels.
-        hidden_features: Width of the hidden classifier layer (512 in the paper's VGG).
-        act_layer: Activation layer.
-        norm_layer: Norm layer after every conv.
-        global_pool: Global pooling type of the head.
-        drop_rate: Dropout in the classifier.
-        device: Device of the parameters.
-        dtype: Dtype of the parameters.
-    """
-
-    def __init__(
-            self,
-            cfg: Sequence[int | str] = tuple(VGG16_CFG),
-            sp_alpha: Any = 0.5,
-            sp_groups: Any = 2,
-            num_classes: int = 10,
-            in_chans: int = 3,
-            hidden_features: int = 512,
-            act_layer: Callable[..., nn.Module] = nn.ReLU,
-            norm_layer: Callable[..., nn.Module] = nn.BatchNorm2d,
-            global_pool: str = 'avg',
-            drop_rate: float = 0.,
-            device=None,
-            dtype=None,
-    ) -> None:
-        nn.Module.__init__(self)
-        dd = {'device': device, 'dtype': dtype}
-        num_stages = sum(1 for v in cfg if v == 'M')
-        alphas = parse_stage_alphas(sp_alpha, num_stages)
-        groups = parse_stage_groups(sp_groups, num_stages)
-        self.num_classes = num_classes
-        self.in_chans = in_chans
-        self.drop_rate = drop_rate
-        self.grad_checkpointing = False
-        self.use_norm = True
-        self.feature_info: list[dict[str, Any]] = []
-        self.feature_ends: list[int] = []
-
-        prev_chs, net_stride, stage_idx = in_chans, 1, 0
-        layers: list[nn.Module] = []
-
-        def add_feature_tap() -> None:
-            self.feature_info.append(dict(num_chs=prev_chs, reduction=net_stride, module=f'features.{len(layers) - 1}'))
-            self.feature_ends.append(len(layers) - 1)
-
-        for v in cfg:
-            if v == 'M':
-                add_feature_tap()
-                layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
-                net_stride *= 2
-                stage_idx += 1
-                continue
-            out_chs = cast(int, v)
-            alpha = alphas[stage_idx]
-            if alpha is None or not layers:
-                conv: nn.Module = nn.Conv2d(prev_chs, out_chs, kernel_size=3, padding=1, **dd)
-            else:
-                conv = SPConv2d(
-                    prev_chs, out_chs, 3, alpha=alpha, groups=groups[stage_idx], norm_layer=norm_layer, **dd)
-            layers += [conv, norm_layer(out_chs, **dd), act_layer(inplace=True)]
-            prev_chs = out_chs
-        add_feature_tap()
-        self.features = nn.Sequential(*layers)
-
-        self.num_features = prev_chs
-        self.pre_logits = nn.Sequential(OrderedDict([  # type: ignore[assignment]  # timm: ConvMlp
-            ('fc1', nn.Conv2d(prev_chs, hidden_features, 1, **dd)),
-            ('act1', act_layer(inplace=True)),
-            ('drop', nn.Dropout(drop_rate)),
-        ]))
-        self.head = ClassifierHead(hidden_features, num_classes, pool_type=global_pool, **dd)
-        self.head_hidden_size = self.head.num_features
-        self._initialize_weights()
-
-
 def create_sp_cifar_resnet(
         variant: str,
         pretrained: bool = False,
@@ -285,12 +197,39 @@ def create_sp_cifar_resnet(
         feature_cfg=dict(out_indices=tuple(range(num_stages + 1))), **kwargs)
 
 
-def create_sp_cifar_vgg(variant: str, pretrained: bool = False, **kwargs: Any) -> CifarVGG:
-    """Build a CIFAR SP-VGG with timm's builder.
+def cifar_cfg(**kwargs: Any) -> dict[str, Any]:
+    """A timm default config for a CIFAR-10 model at 32x32 (the data set's mean and std)."""
+    return {
+        'url': '', 'num_classes': 10, 'input_size': (3, 32, 32), 'pool_size': (8, 8),
+        'crop_pct': 1.0, 'interpolation': 'bilinear', 'mean': CIFAR10_MEAN, 'std': CIFAR10_STD,
+        'first_conv': 'conv1', 'classifier': 'fc', 'paper_ids': 'arXiv:2006.12085',
+        'license': 'apache-2.0', **kwargs,
+    }
 
-    As for timm's VGG, the feature taps are the output of each stage before its max pool
-    (indices 0-4) and the final max pool output (index 5).
-    """
-    return build_model_with_cfg(
-        CifarVGG, variant, pretrained, feature_cfg=dict(flatten_sequential=True, out_indices=(0, 1, 2, 3, 4, 5)),
-        **kwargs)
+
+default_cfgs = generate_default_cfgs({
+    'sp_resnet20.untrained': cifar_cfg(),
+    'sp_resnet56.untrained': cifar_cfg(),
+    'sp_resnet110.untrained': cifar_cfg(),
+})
+
+
+@register_model
+def sp_resnet20(pretrained: bool = False, **kwargs: Any) -> CifarResNet:
+    """SP-ResNet-20 (CIFAR): 3 stages x 3 BasicBlocks, every block 3x3 conv SPConv (alpha 1/2, G 2)."""
+    model_args: dict[str, Any] = dict(layers=(3, 3, 3))
+    return create_sp_cifar_resnet('sp_resnet20', pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def sp_resnet56(pretrained: bool = False, **kwargs: Any) -> CifarResNet:
+    """SP-ResNet-56 (CIFAR): 3 stages x 9 BasicBlocks (alpha 1/2, G 2)."""
+    model_args: dict[str, Any] = dict(layers=(9, 9, 9))
+    return create_sp_cifar_resnet('sp_resnet56', pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def sp_resnet110(pretrained: bool = False, **kwargs: Any) -> CifarResNet:
+    """SP-ResNet-110 (CIFAR): 3 stages x 18 BasicBlocks (alpha 1/2, G 2)."""
+    model_args: dict[str, Any] = dict(layers=(18, 18, 18))
+    return create_sp_cifar_resnet('sp_resnet110', pretrained, **dict(model_args, **kwargs))
