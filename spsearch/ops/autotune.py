@@ -1,6 +1,6 @@
 """Choose each SPConv layer's implementation by measuring it on the target device.
 
-``impl='auto'`` applies a fixed rule (``spconv.auto_impl``) measured on one CPU. Which of the
+``impl='auto'`` applies a fixed rule (``fast_paths.auto_impl``) measured on one CPU. Which of the
 two fast paths wins, one dense k x k conv or a grouped conv + a 1x1 conv, depends on the device,
 the library kernels, the shapes and inference vs. training, so ``autotune`` times both on every
 layer with the layer's own input shape and keeps the faster. Like cuDNN's benchmark mode, it
