@@ -206,6 +206,23 @@ def test_dense_impl_validation_and_auto_rule():
     torch.testing.assert_close(m(x), paper_spconv(m, x))
 
 
+def test_auto_applies_the_cpu_rule_on_cpu_only():
+    """The rule and the GEMM thresholds were measured on one CPU: on any other device type ``auto``
+    resolves to the reference, at each forward from the input's device."""
+    for training in (False, True):
+        assert auto_impl(16, 2, 3, 1, 1, training, device_type='cuda') == 'reference'
+        assert auto_impl(16, 2, 3, 1, 1, training, 'meta') == 'reference'
+        assert auto_impl(16, 2, 3, 1, 1, training, 'cpu') == auto_impl(16, 2, 3, 1, 1, training)
+    assert auto_impl(16, 2, 3, 1, 1, training=True) == 'dense'
+    m = SPConv2d(16, 16, device='meta')
+    x = torch.randn(2, 16, 8, 8, device='meta', requires_grad=True)
+    assert m.impl == 'auto' and dispatch.forward(m, x) is None
+    y = m(x)
+    assert y.shape == (2, 16, 8, 8) and y.device.type == 'meta'
+    assert type(y.grad_fn).__name__.startswith('LerpBackward')  # SoftmaxFusion's: the reference ran
+    assert type(SPConv2d(16, 16)(torch.randn(2, 16, 8, 8)).grad_fn).__name__ == 'GemmBranchFusionBackward'
+
+
 def saved_bytes(m: nn.Module, x: torch.Tensor) -> int:
     """Bytes autograd keeps for backward, counting each storage once (views of the input are free)."""
     seen, total = {x.untyped_storage().data_ptr()}, 0

@@ -1,10 +1,10 @@
 """Choose each SPConv layer's implementation by measuring it on the target device.
 
-``impl='auto'`` applies a fixed rule (``fast_paths.auto_impl``) measured on one CPU. Which of the
-two fast paths wins, one dense k x k conv or a grouped conv + a 1x1 conv, depends on the device,
-the library kernels, the shapes and inference vs. training, so ``autotune`` times both on every
-layer with the layer's own input shape and keeps the faster. Like cuDNN's benchmark mode, it
-costs a few steps per layer once.
+``impl='auto'`` applies a fixed rule measured on one CPU, on CPU only (``fast_paths.auto_impl``;
+elsewhere it keeps the reference). Which of the two fast paths wins, one dense k x k conv or a
+grouped conv + a 1x1 conv, depends on the device, the library kernels, the shapes and inference
+vs. training, so ``autotune`` times both on every layer with the layer's own input shape and
+keeps the faster. Like cuDNN's benchmark mode, it costs a few steps per layer once.
 
 Example:
     >>> model = timm.create_model('sp_resnet50').eval()

@@ -21,9 +21,9 @@ operator (``forward_reference``: the oracle for tests, and what ``thop`` counts)
 and ``'dense'`` compute the same function with the fast paths of the ``fast_paths`` package
 (batch norms and fusion in one autograd Function, BNs folded on the fly at inference), keeping
 the GWC and PWC as two convs or folding them into one dense k x k conv; ``forward`` hands them
-to ``fast_paths.forward``. ``'auto'`` picks per layer at each forward by a rule measured on
-CPU (``fast_paths.auto_impl``); ``spsearch.ops.autotune`` picks per layer by timing on the
-target device. Every implementation
+to ``fast_paths.forward``. ``'auto'`` picks per layer at each forward: on CPU by a rule
+measured there, on other devices the reference (``fast_paths.auto_impl``);
+``spsearch.ops.autotune`` picks per layer by timing on the target device. Every implementation
 has the same parameters and state dict.
 """
 from __future__ import annotations
@@ -43,7 +43,8 @@ from .softmax_fusion import SoftmaxFusion
 __all__ = ['SPCONV_IMPLS', 'SPConv2d', 'sp_split']
 
 SPCONV_IMPLS = ('reference', 'split', 'dense')
-"""Implementations of ``SPConv2d`` (``impl``); ``'auto'`` picks one per layer by ``fast_paths.auto_impl``."""
+"""Implementations of ``SPConv2d`` (``impl``); ``'auto'`` picks one per layer and device by
+``fast_paths.auto_impl``."""
 
 
 def sp_split(in_channels: int, alpha: float, groups: int) -> tuple[int, int]:
@@ -184,8 +185,8 @@ class SPConv2d(nn.Module):
     def set_impl(self, impl: str) -> None:
         """Choose the implementation: ``'reference'``, ``'split'``, ``'dense'`` or ``'auto'``.
 
-        ``'auto'`` is resolved at every forward, for inference or training, by
-        ``fast_paths.auto_impl`` (a few integer comparisons).
+        ``'auto'`` is resolved at every forward, from the input's device type and training vs.
+        inference, by ``fast_paths.auto_impl`` (a few integer comparisons).
 
         Raises:
             ValueError: For an unknown name, or ``'dense'`` where the stride/dilation cannot be

@@ -7,7 +7,8 @@ module runs its reference formulation: ``impl='reference'``, norms other than ``
 ``infer``; in training the representative convs, then ``BranchFusion`` or ``GemmBranchFusion``
 (by ``GEMM_MIN_PIXELS_PER_CHANNEL_TRAIN``), updating the running statistics as batch norm does.
 
-The thresholds here and the rule of ``auto_impl`` were measured on one CPU (2 threads).
+The thresholds here and the rule of ``auto_impl`` were measured on one CPU (2 threads); ``auto``
+applies them on CPU only.
 """
 from __future__ import annotations
 
@@ -39,16 +40,33 @@ weights and gradients, which only pays while ``H W`` exceeds ``r``. Measured per
 (ImageNet-layout models at small inputs, SP-ResNet-50's 7 x 7 stage)."""
 
 
-def auto_impl(rep_channels: int, groups: int, kernel_size: int, stride: int, dilation: int, training: bool) -> str:
-    """The implementation ``impl='auto'`` picks for one layer (a rule measured on CPU, 2 threads).
+def auto_impl(rep_channels: int, groups: int, kernel_size: int, stride: int, dilation: int, training: bool,
+              device_type: str = 'cpu') -> str:
+    """The implementation ``impl='auto'`` picks for one layer on one device type.
 
-    Training: dense where the group-wise conv has at most 8 input channels per group; there
-    oneDNN runs one dense conv (forward and backward) about as fast as the grouped conv alone, so
-    folding the PWC into it is free. Inference, and training elsewhere: split, since a dense conv
-    has ``G`` times the GWC's MACs and at inference the PWC costs nothing extra (it rides in the
-    batched GEMM of ``infer``). See the per-layer tables of ``benchmarks/profile_ops.py``
-    in ``results/benchmarks.md``; ``spsearch.ops.autotune`` measures instead of assuming.
+    On CPU (``device_type='cpu'``, the default), a rule measured there with 2 threads. Training:
+    dense where the group-wise conv has at most 8 input channels per group; there oneDNN runs one
+    dense conv (forward and backward) about as fast as the grouped conv alone, so folding the PWC
+    into it is free. Inference, and training elsewhere: split, since a dense conv has ``G``
+    times the GWC's MACs and at inference the PWC costs nothing extra (it rides in the batched
+    GEMM of ``infer``). See the per-layer tables of ``benchmarks/profile_ops.py`` in
+    ``results/benchmarks.md``.
+
+    On any other device type (the input's ``x.device.type``: ``'cuda'``, ``'mps'``, ...),
+    ``'reference'``: the CPU measurements say nothing there, so ``auto`` keeps the plain operator
+    until a measurement on that device says otherwise. ``spsearch.ops.autotune`` measures the
+    fast paths on the target device and pins the faster.
+
+    Args:
+        rep_channels, groups, kernel_size, stride, dilation: The layer's settings.
+        training: Training (forward + backward) rather than inference.
+        device_type: The input's device type.
+
+    Returns:
+        ``'reference'``, ``'split'`` or ``'dense'``.
     """
+    if device_type != 'cpu':
+        return 'reference'
     if training and dense_supported(kernel_size, stride, dilation) and rep_channels // groups <= 8:
         return 'dense'
     return 'split'
@@ -63,7 +81,7 @@ def forward(module: SPConv2d, x: torch.Tensor) -> torch.Tensor | None:
     impl = module.impl
     if impl == 'auto':
         impl = auto_impl(module.rep_channels, module.groups, module.kernel_size, module.stride, module.dilation,
-                         training)
+                         training, x.device.type)
     if impl == 'reference':
         return None
     dense = impl == 'dense' and x.shape[-2] % module.stride == 0 and x.shape[-1] % module.stride == 0
