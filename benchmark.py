@@ -8,9 +8,10 @@ Example:
 For every condition (bench mode x batch size x fused) it prints images/s, the median latency
 and its quartiles, the peak memory of one step, and the ratios model/baseline. ``ratio`` is the
 latency ratio (below 1 = the model is faster); ``throughput_ratio`` its inverse. Both models are
-timed in the same process, one step of each in turn (``spsearch.cost.latency``). A row per
-condition is appended to ``<csv-dir>/<condition>.csv``; ``--json`` prints one JSON object per
-condition; ``--report FILE`` appends a markdown section with provenance.
+timed in the same process, one step of each in turn (``spsearch.cost.latency``'s protocol,
+``spsearch.timing``'s clocks). A row per condition is appended to ``<csv-dir>/<condition>.csv``;
+``--json`` prints one JSON object per condition; ``--report FILE`` appends a markdown section
+with provenance.
 """
 from __future__ import annotations
 
@@ -33,10 +34,11 @@ import yaml
 import timm_plugins  # noqa: F401  (registers the SP models)
 from spsearch.cli import CliError, parse_kwargs, run_cli
 from spsearch.cost import UnsupportedModuleError, analytic_count
-from spsearch.cost.latency import make_step, peak_memory_mb, prepare_model, summarize, time_interleaved
+from spsearch.cost.latency import make_step, prepare_model
 from spsearch.io import atomic_write_text
 from spsearch.ops import SPCONV_IMPLS, autotune, set_spconv_impl
 from spsearch.provenance import markdown_header, provenance
+from spsearch.timing import peak_memory_mb, summarize, time_interleaved
 
 
 def build_parser() -> argparse.ArgumentParser:

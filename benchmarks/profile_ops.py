@@ -27,10 +27,11 @@ from torch.profiler import ProfilerActivity, profile
 
 import timm_plugins  # noqa: F401  (registers the SP models)
 from spsearch.cli import CliError, parse_kwargs, run_cli
-from spsearch.cost.latency import make_step, prepare_model, time_interleaved
+from spsearch.cost.latency import make_step, prepare_model
 from spsearch.io import atomic_write_text
 from spsearch.ops import SPCONV_IMPLS, SPConv2d, fast_paths, set_spconv_impl
 from spsearch.provenance import markdown_header, provenance
+from spsearch.timing import capture_inputs, time_interleaved
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -60,18 +61,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _layer_inputs(model: nn.Module, names: list[str], x: torch.Tensor) -> dict[str, torch.Tensor]:
-    inputs: dict[str, torch.Tensor] = {}
-    handles = [model.get_submodule(n).register_forward_pre_hook(
-        lambda _m, args, n=n: inputs.__setitem__(n, args[0].detach().clone(memory_format=torch.preserve_format)))
-        for n in names]
-    with torch.no_grad():
-        model(x)
-    for h in handles:
-        h.remove()
-    return inputs
-
-
 def _layer_step(layer: nn.Module, x: torch.Tensor, train: bool) -> Any:
     if not train:
         def infer() -> None:
@@ -88,7 +77,7 @@ def _layer_step(layer: nn.Module, x: torch.Tensor, train: bool) -> Any:
 def per_layer(model: nn.Module, baseline: nn.Module | None, x: torch.Tensor, args: argparse.Namespace) -> list[dict]:
     train = args.bench == 'train'
     names = [n for n, m in model.named_modules() if isinstance(m, SPConv2d)]
-    inputs = _layer_inputs(model, names, x)
+    inputs = capture_inputs(model, x, names)
     rows = []
     for name in names:
         sp = model.get_submodule(name)

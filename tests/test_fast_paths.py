@@ -18,6 +18,7 @@ from spsearch import SPConv2d
 from spsearch.cost import profile_model
 from spsearch.models.sp_resnet import SPBasicBlock, SPBottleneck
 from spsearch.ops import auto_impl, autotune, fast_paths, fold_batchnorms, set_spconv_impl
+from spsearch.ops.fast_paths import dispatch
 
 GRID = list(itertools.product([0.25, 0.5, 1.0], [1, 2, 4], [1, 2], [(7, 8), (8, 8)], [1, 3]))
 
@@ -49,7 +50,7 @@ def test_grid_matches_reference_outputs_gradients_and_running_stats(impl, train,
                                                                    monkeypatch):
     """float64 so that any difference beyond rounding is a bug, not noise. ``gemm`` picks the
     Function with the redundant 1x1 conv inside (GemmBranchFusion) or outside (BranchFusion)."""
-    monkeypatch.setattr(fast_paths, 'GEMM_MIN_PIXELS_PER_CHANNEL_TRAIN', 0 if gemm else 10 ** 9)
+    monkeypatch.setattr(dispatch, 'GEMM_MIN_PIXELS_PER_CHANNEL_TRAIN', 0 if gemm else 10 ** 9)
     torch.manual_seed(0)
     for alpha, groups, stride, (h, w), batch in GRID:
         ref = SPConv2d(16, 24, stride=stride, alpha=alpha, groups=groups, impl='reference').double()
@@ -74,7 +75,7 @@ def test_grid_matches_reference_outputs_gradients_and_running_stats(impl, train,
             assert y.is_contiguous(memory_format=torch.channels_last) == y_ref.is_contiguous(
                 memory_format=torch.channels_last)
         for min_pixels in ([0, 10 ** 9] if not train else []):  # the no-grad path, per-sample GEMM or not
-            monkeypatch.setattr(fast_paths, 'GEMM_MIN_PIXELS', min_pixels)
+            monkeypatch.setattr(dispatch, 'GEMM_MIN_PIXELS', min_pixels)
             with torch.inference_mode():
                 y = fast(x)
             assert y.is_contiguous(memory_format=torch.channels_last) == channels_last
@@ -205,6 +206,23 @@ def test_dense_impl_validation_and_auto_rule():
     torch.testing.assert_close(m(x), paper_spconv(m, x))
 
 
+def test_auto_applies_the_cpu_rule_on_cpu_only():
+    """The rule and the GEMM thresholds were measured on one CPU: on any other device type ``auto``
+    resolves to the reference, at each forward from the input's device."""
+    for training in (False, True):
+        assert auto_impl(16, 2, 3, 1, 1, training, device_type='cuda') == 'reference'
+        assert auto_impl(16, 2, 3, 1, 1, training, 'meta') == 'reference'
+        assert auto_impl(16, 2, 3, 1, 1, training, 'cpu') == auto_impl(16, 2, 3, 1, 1, training)
+    assert auto_impl(16, 2, 3, 1, 1, training=True) == 'dense'
+    m = SPConv2d(16, 16, device='meta')
+    x = torch.randn(2, 16, 8, 8, device='meta', requires_grad=True)
+    assert m.impl == 'auto' and dispatch.forward(m, x) is None
+    y = m(x)
+    assert y.shape == (2, 16, 8, 8) and y.device.type == 'meta'
+    assert type(y.grad_fn).__name__.startswith('LerpBackward')  # SoftmaxFusion's: the reference ran
+    assert type(SPConv2d(16, 16)(torch.randn(2, 16, 8, 8)).grad_fn).__name__ == 'GemmBranchFusionBackward'
+
+
 def saved_bytes(m: nn.Module, x: torch.Tensor) -> int:
     """Bytes autograd keeps for backward, counting each storage once (views of the input are free)."""
     seen, total = {x.untyped_storage().data_ptr()}, 0
@@ -231,9 +249,9 @@ def test_training_memory_fast_paths_store_less(monkeypatch):
     full_map = 8 * 32 * 32 * 32 * 4
     small = 0.05 * full_map  # weights and per-channel vectors
     assert saved_bytes(clone_as(m, 'reference'), x) >= 4 * full_map
-    monkeypatch.setattr(fast_paths, 'GEMM_MIN_PIXELS_PER_CHANNEL_TRAIN', 10 ** 9)
+    monkeypatch.setattr(dispatch, 'GEMM_MIN_PIXELS_PER_CHANNEL_TRAIN', 10 ** 9)
     assert 2 * full_map <= saved_bytes(clone_as(m, 'dense'), x) < 2 * full_map + small
-    monkeypatch.setattr(fast_paths, 'GEMM_MIN_PIXELS_PER_CHANNEL_TRAIN', 0)
+    monkeypatch.setattr(dispatch, 'GEMM_MIN_PIXELS_PER_CHANNEL_TRAIN', 0)
     assert full_map <= saved_bytes(clone_as(m, 'split'), x) < full_map + small
     assert full_map <= saved_bytes(clone_as(m, 'dense'), x) < full_map + small
     assert saved_bytes(clone_as(m, 'dense', recompute=True), x) < small
@@ -274,7 +292,7 @@ def test_autocast_bf16_runs_the_fast_path_close_to_reference(monkeypatch):
     assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in m.parameters())
     m.eval(), ref.eval()
     for min_pixels in (0, 10 ** 9):
-        monkeypatch.setattr(fast_paths, 'GEMM_MIN_PIXELS', min_pixels)
+        monkeypatch.setattr(dispatch, 'GEMM_MIN_PIXELS', min_pixels)
         with torch.autocast('cpu', dtype=torch.bfloat16), torch.no_grad():
             y, y_ref = m(x), ref(x)
         assert y.dtype == torch.bfloat16

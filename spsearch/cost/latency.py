@@ -1,61 +1,29 @@
-"""Measured latency and memory with a fixed protocol, for benchmarks and latency budgets.
+"""Measured latency with a fixed protocol, for benchmarks and latency budgets.
 
 Protocol: the model in eval mode (or train mode for training steps) on the target device, BNs
 folded when ``fused``, channels_last optional, autocast optional; inputs made once; ``warmup``
 untimed steps; then ``repeats`` timed steps, each synchronised on CUDA before the clock is read;
 the median is the figure, the quartiles its spread. Several models are timed *interleaved* (one
 step of each in turn, the order alternating every round) so that drift of a noisy machine hits
-them alike and their ratio is fair.
+them alike and their ratio is fair. The clocks and memory probes themselves are in
+``spsearch.timing`` (``time_interleaved``, ``summarize``, ``peak_memory_mb``).
 """
 from __future__ import annotations
 
 import contextlib
 import copy
-import gc
-import statistics
-import time
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
 
 from ..ops import fold_batchnorms
+from ..timing import LatencyStats, summarize, time_interleaved
 
-__all__ = [
-    'LatencyStats', 'autocast_context', 'make_step', 'measure_latency', 'peak_memory_mb', 'prepare_model',
-    'summarize', 'time_interleaved',
-]
+__all__ = ['autocast_context', 'make_step', 'measure_latency', 'prepare_model']
 
 _AMP_DTYPES = {'no': None, 'fp32': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}
-
-
-@dataclass(frozen=True)
-class LatencyStats:
-    """Per-step latency of one model at one batch size (milliseconds)."""
-
-    median_ms: float
-    p25_ms: float
-    p75_ms: float
-    min_ms: float
-    repeats: int
-    batch_size: int
-
-    @property
-    def images_per_s(self) -> float:
-        return self.batch_size / self.median_ms * 1000
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), 'images_per_s': self.images_per_s}
-
-
-def summarize(times_s: list[float], batch_size: int) -> LatencyStats:
-    """Median, quartiles and minimum of step times given in seconds."""
-    ms = sorted(t * 1000 for t in times_s)
-    q = statistics.quantiles(ms, n=4) if len(ms) > 1 else [ms[0]] * 3
-    return LatencyStats(statistics.median(ms), q[0], q[2], ms[0], len(ms), batch_size)
 
 
 def autocast_context(device: torch.device, amp: str | None) -> contextlib.AbstractContextManager[Any]:
@@ -114,7 +82,7 @@ def make_step(
         return infer
 
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
-    # no probing forward here: a fresh process' first step must be the one peak_memory_mb measures
+    # no probing forward here: a fresh process' first step must be the one timing.peak_memory_mb measures
     target = torch.randint(0, int(getattr(model, 'num_classes', 1)) or 1, (x.shape[0],), device=device)
 
     def train_step() -> None:
@@ -124,40 +92,6 @@ def make_step(
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
     return train_step
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == 'cuda':
-        torch.cuda.synchronize(device)
-
-
-def time_interleaved(
-        steps: dict[str, Callable[[], None]],
-        device: torch.device | str = 'cpu',
-        warmup: int = 3,
-        repeats: int = 10,
-        clock: Callable[[], float] = time.perf_counter,
-) -> dict[str, list[float]]:
-    """Time several step functions interleaved; return each one's per-step seconds.
-
-    Every round runs one timed step of each function, in an order that reverses every round
-    (A B, B A, A B, ...), after ``warmup`` untimed rounds. ``clock`` is wall time by default;
-    ``time.process_time`` (CPU time of this process) is steadier on a machine shared with other
-    jobs, but counts every thread's time, so it equals latency only with one thread.
-    """
-    device = torch.device(device)
-    names = list(steps)
-    times: dict[str, list[float]] = {name: [] for name in names}
-    for round_idx in range(warmup + repeats):
-        order = names if round_idx % 2 == 0 else names[::-1]
-        for name in order:
-            _sync(device)
-            start = clock()
-            steps[name]()
-            _sync(device)
-            if round_idx >= warmup:
-                times[name].append(clock() - start)
-    return times
 
 
 def measure_latency(
@@ -180,48 +114,3 @@ def measure_latency(
         x = x.contiguous(memory_format=torch.channels_last)
     times = time_interleaved({'model': make_step(prepared, x, amp=amp)}, device, warmup, repeats)
     return summarize(times['model'], batch_size)
-
-
-def _proc_status_kib(field: str) -> int:
-    for line in Path('/proc/self/status').read_text().splitlines():
-        if line.startswith(field + ':'):
-            return int(line.split()[1])
-    raise OSError(f'{field} not in /proc/self/status')
-
-
-@contextlib.contextmanager
-def _cpu_peak_tracker() -> Iterator[Callable[[], float]]:
-    """Peak resident memory growth (MiB) of this process inside the block.
-
-    Resets the kernel's high-water mark (``/proc/self/clear_refs``, Linux >= 4.0) at entry.
-    """
-    gc.collect()
-    start = _proc_status_kib('VmRSS')
-    Path('/proc/self/clear_refs').write_text('5')
-    peak: list[float] = [0.0]
-    yield lambda: peak[0]
-    peak[0] = max(0, _proc_status_kib('VmHWM') - start) / 1024
-
-
-def peak_memory_mb(step: Callable[[], None], device: torch.device | str = 'cpu') -> float | None:
-    """Peak memory (MiB) that one call of ``step`` needs beyond what is allocated before it.
-
-    On CUDA: ``torch.cuda.max_memory_allocated`` growth. On CPU: growth of the process' peak
-    resident set, which is exact for the first step after the model and inputs were created in
-    a fresh process (later steps reuse memory the allocator kept); call it there. Returns None
-    where neither is available.
-    """
-    device = torch.device(device)
-    if device.type == 'cuda':
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        base = torch.cuda.memory_allocated(device)
-        step()
-        torch.cuda.synchronize(device)
-        return (torch.cuda.max_memory_allocated(device) - base) / 2 ** 20
-    try:
-        with _cpu_peak_tracker() as result:
-            step()
-    except OSError:
-        return None
-    return result()

@@ -1,10 +1,10 @@
 """Choose each SPConv layer's implementation by measuring it on the target device.
 
-``impl='auto'`` applies a fixed rule (``spconv.auto_impl``) measured on one CPU. Which of the
-two fast paths wins, one dense k x k conv or a grouped conv + a 1x1 conv, depends on the device,
-the library kernels, the shapes and inference vs. training, so ``autotune`` times both on every
-layer with the layer's own input shape and keeps the faster. Like cuDNN's benchmark mode, it
-costs a few steps per layer once.
+``impl='auto'`` applies a fixed rule measured on one CPU, on CPU only (``fast_paths.auto_impl``;
+elsewhere it keeps the reference). Which of the two fast paths wins, one dense k x k conv or a
+grouped conv + a 1x1 conv, depends on the device, the library kernels, the shapes and inference
+vs. training, so ``autotune`` times both on every layer with the layer's own input shape and
+keeps the faster. Like cuDNN's benchmark mode, it costs a few steps per layer once.
 
 Example:
     >>> model = timm.create_model('sp_resnet50').eval()
@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..timing import capture_inputs, time_interleaved
 from . import fast_paths
 from .spconv import SPConv2d
 
@@ -42,24 +43,6 @@ def set_spconv_impl(model: nn.Module, impl: str | None = None, recompute: bool |
                 module.recompute = recompute
             count += 1
     return count
-
-
-def _site_inputs(model: nn.Module, example_input: torch.Tensor) -> dict[str, torch.Tensor]:
-    """One forward of ``model``: each SPConv's input, kept (a copy, for train-mode models too)."""
-    inputs: dict[str, torch.Tensor] = {}
-    handles = []
-    for name, module in model.named_modules():
-        if isinstance(module, SPConv2d):
-            def hook(_module: nn.Module, args: tuple[Any, ...], name: str = name) -> None:
-                inputs[name] = args[0].detach().clone(memory_format=torch.preserve_format)
-            handles.append(module.register_forward_pre_hook(hook))
-    try:
-        with torch.no_grad():
-            model(example_input)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return inputs
 
 
 def _step(module: nn.Module, x: torch.Tensor, train: bool) -> Any:
@@ -88,7 +71,7 @@ def autotune(
 
     Each layer is timed alone, on a copy (its batch-norm statistics are untouched), with its
     own input from one forward of ``example_input``, candidates interleaved
-    (``spsearch.cost.latency.time_interleaved``), the median deciding. Prepare the model first
+    (``spsearch.timing.time_interleaved``), the median deciding. Prepare the model first
     as it will run (device, ``channels_last``, BN folding), and give the batch size it will see.
 
     Args:
@@ -103,12 +86,11 @@ def autotune(
     Returns:
         Per layer name: the median milliseconds of each candidate and the ``'chosen'`` one.
     """
-    from ..cost.latency import time_interleaved  # cost depends on ops, not the reverse
-
     train = model.training if train is None else train
     device = example_input.device
     report: dict[str, dict[str, Any]] = {}
-    for name, x in _site_inputs(model, example_input).items():
+    sites = [name for name, module in model.named_modules() if isinstance(module, SPConv2d)]
+    for name, x in capture_inputs(model, example_input, sites).items():
         site = model.get_submodule(name)
         assert isinstance(site, SPConv2d)
         usable = [c for c in candidates if c != 'dense' or (

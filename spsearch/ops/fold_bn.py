@@ -14,7 +14,8 @@ import torch
 from timm.models.resnet import BasicBlock, Bottleneck, ResNet
 from torch import nn
 
-from .spconv import SPConv2d, bn_affine, scale_conv_
+from .affine import bn_affine, scale_conv_
+from .spconv import SPConv2d
 
 __all__ = ['fold_batchnorms']
 

@@ -17,12 +17,14 @@ conv), representative channel counts that G does not divide (rounded, see ``sp_s
 batch size and ``alpha=1``.
 
 Implementations (``impl``): ``'reference'`` runs the modules one by one as the paper writes the
-operator (the oracle for tests, and what ``thop`` counts); ``'split'`` and ``'dense'`` compute
-the same function with the fast paths of ``fast_paths`` (batch norms and fusion in one autograd
-Function, BNs folded on the fly at inference), keeping the GWC and PWC as two convs or folding
-them into one dense k x k conv. ``'auto'`` picks per layer by a rule measured on CPU
-(``auto_impl``); ``spsearch.ops.autotune`` picks per layer by timing on the target device.
-Every implementation has the same parameters and state dict.
+operator (``forward_reference``: the oracle for tests, and what ``thop`` counts); ``'split'``
+and ``'dense'`` compute the same function with the fast paths of the ``fast_paths`` package
+(batch norms and fusion in one autograd Function, BNs folded on the fly at inference), keeping
+the GWC and PWC as two convs or folding them into one dense k x k conv; ``forward`` hands them
+to ``fast_paths.forward``. ``'auto'`` picks per layer at each forward: on CPU by a rule
+measured there, on other devices the reference (``fast_paths.auto_impl``);
+``spsearch.ops.autotune`` picks per layer by timing on the target device. Every implementation
+has the same parameters and state dict.
 """
 from __future__ import annotations
 
@@ -33,15 +35,16 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from . import fast_paths
+from .affine import bn_affine, scale_conv_
 from .softmax_fusion import SoftmaxFusion
 
-__all__ = ['SPCONV_IMPLS', 'SPConv2d', 'bn_affine', 'scale_conv_', 'sp_split']
+__all__ = ['SPCONV_IMPLS', 'SPConv2d', 'sp_split']
 
 SPCONV_IMPLS = ('reference', 'split', 'dense')
-"""Implementations of ``SPConv2d`` (``impl``); ``'auto'`` picks one per layer by ``auto_impl``."""
+"""Implementations of ``SPConv2d`` (``impl``); ``'auto'`` picks one per layer and device by
+``fast_paths.auto_impl``."""
 
 
 def sp_split(in_channels: int, alpha: float, groups: int) -> tuple[int, int]:
@@ -92,37 +95,6 @@ def _square_odd_kernel(kernel_size: int | tuple[int, int]) -> int:
     if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 3 or k % 2 == 0:
         raise ValueError(f'kernel_size must be an odd integer >= 3, got {kernel_size!r}')
     return int(k)
-
-
-def bn_affine(bn: nn.modules.batchnorm._BatchNorm) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel ``(scale, shift)`` in float64 with ``bn(x) == x * scale + shift`` in eval mode.
-
-    Raises:
-        ValueError: If the norm keeps no running statistics.
-    """
-    if bn.running_mean is None or bn.running_var is None:
-        raise ValueError(f'cannot fold {type(bn).__name__} without running statistics '
-                         '(track_running_stats=False); folding needs eval-mode statistics')
-    scale = (bn.running_var.double() + bn.eps).rsqrt()
-    shift = -bn.running_mean.double() * scale
-    if bn.weight is not None and bn.bias is not None:
-        scale = scale * bn.weight.double()
-        shift = shift * bn.weight.double() + bn.bias.double()
-    return scale, shift
-
-
-@torch.no_grad()
-def scale_conv_(conv: nn.Conv2d, scale: torch.Tensor, shift: torch.Tensor | None) -> None:
-    """In place: ``conv(x) -> conv(x) * scale + shift`` per output channel (float64 arithmetic).
-
-    With ``shift=None`` only the weight (and an existing bias) is scaled.
-    """
-    conv.weight.copy_(conv.weight.double() * scale.view(-1, 1, 1, 1))
-    bias = conv.bias.double() * scale if conv.bias is not None else None
-    if shift is not None:
-        bias = shift if bias is None else bias + shift
-    if bias is not None:
-        conv.bias = nn.Parameter(bias.to(conv.weight.dtype))
 
 
 class SPConv2d(nn.Module):
@@ -208,14 +180,13 @@ class SPConv2d(nn.Module):
         else:
             self.conv1x1 = self.bn2 = self.fusion = None
         self.impl = 'reference'
-        self._dense = (False, False)
         self.set_impl(impl)
 
     def set_impl(self, impl: str) -> None:
         """Choose the implementation: ``'reference'``, ``'split'``, ``'dense'`` or ``'auto'``.
 
-        ``'auto'`` keeps the name and resolves it here, for inference and for training
-        separately, by ``auto_impl``.
+        ``'auto'`` is resolved at every forward, from the input's device type and training vs.
+        inference, by ``fast_paths.auto_impl`` (a few integer comparisons).
 
         Raises:
             ValueError: For an unknown name, or ``'dense'`` where the stride/dilation cannot be
@@ -226,32 +197,14 @@ class SPConv2d(nn.Module):
         if impl == 'dense' and not fast_paths.dense_supported(self.kernel_size, self.stride, self.dilation):
             raise ValueError(f"impl='dense' needs stride 1, or stride <= {self.kernel_size // 2 + 1} without "
                              f'dilation; got stride={self.stride}, dilation={self.dilation}; use impl=\'split\'')
-        if impl == 'auto':
-            config = (self.rep_channels, self.groups, self.kernel_size, self.stride, self.dilation)
-            self._dense = (auto_impl(*config, training=False) == 'dense', auto_impl(*config, training=True) == 'dense')
-        else:
-            self._dense = (impl == 'dense', impl == 'dense')
         self.impl = impl
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        norm_mode = self._norm_mode()
-        if self.impl == 'reference' or norm_mode is None:
-            return self.forward_reference(x)
-        training = norm_mode == 'batch' or torch.is_grad_enabled()
-        dense = self._dense[training] and x.shape[-2] % self.stride == 0 and x.shape[-1] % self.stride == 0
-        if not training:
-            return fast_paths.infer(
-                x, self.rep_channels, self.gwc, self.pwc, self.bn1, self.conv1x1, self.bn2,
-                self.fusion.gate_scale if self.fusion is not None else None, dense)
-        if self.conv1x1 is None:
-            return self.bn1(self._rep_branch(x, dense))
-        if self.recompute and torch.is_grad_enabled():
-            out, stats = checkpoint(self._fused_branches, x, dense, use_reentrant=False, preserve_rng_state=False)
-        else:
-            out, stats = self._fused_branches(x, dense)
-        if norm_mode == 'batch' and self.training:
-            self._update_running_stats(stats, out.numel() // out.shape[1])
-        return out
+        if self.impl != 'reference':
+            out = fast_paths.forward(self, x)
+            if out is not None:
+                return out
+        return self.forward_reference(x)
 
     def forward_reference(self, x: torch.Tensor) -> torch.Tensor:
         """The operator as the paper writes it, module by module (``impl='reference'``)."""
@@ -261,53 +214,6 @@ class SPConv2d(nn.Module):
             return out
         red = self.bn2(self.conv1x1(self.pool(x[:, self.rep_channels:])))
         return self.fusion(out, red)
-
-    def _norm_mode(self) -> str | None:
-        """How the fast paths treat the branch norms: 'folded' (both Identity), 'running' (eval
-        batch norms), 'batch' (batch statistics), or None (anything else: use the reference)."""
-        norms = (self.bn1,) if self.bn2 is None else (self.bn1, self.bn2)
-        if all(type(n) is nn.Identity for n in norms):
-            return 'folded'
-        if not all(type(n) is nn.BatchNorm2d for n in norms):
-            return None
-        batch = [n.training or n.running_mean is None for n in norms]
-        if any(batch) != all(batch):
-            return None
-        return 'batch' if batch[0] else 'running'
-
-    def _rep_branch(self, x_rep: torch.Tensor, dense: bool) -> torch.Tensor:
-        weight = (fast_paths.dense_rep_weight(self.gwc.weight, self.pwc.weight, self.groups, self.stride)
-                  if dense else None)
-        return fast_paths.rep_branch(x_rep, self.gwc, self.pwc.weight, weight, self.gwc.bias)
-
-    def _fused_branches(self, x: torch.Tensor, dense: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        assert self.conv1x1 is not None and self.bn2 is not None and self.fusion is not None
-        x_rep, x_red = x.split((self.rep_channels, self.red_channels), dim=1)
-        z_rep = self._rep_branch(x_rep, dense)
-        u = self.pool(x_red)
-        if z_rep.shape[-1] * z_rep.shape[-2] >= fast_paths.GEMM_MIN_PIXELS_PER_CHANNEL_TRAIN * self.red_channels:
-            return fast_paths.GemmBranchFusion.apply(
-                z_rep, u, self.conv1x1.weight, self.conv1x1.bias, *_norm_args(self.bn1, z_rep),
-                *_norm_args(self.bn2, z_rep), self.fusion.gate_scale)
-        z_red = self.conv1x1(u)
-        return fast_paths.BranchFusion.apply(
-            z_rep, z_red, *_norm_args(self.bn1, z_rep), *_norm_args(self.bn2, z_red), self.fusion.gate_scale)
-
-    @torch.no_grad()
-    def _update_running_stats(self, stats: torch.Tensor, count: int) -> None:
-        if count <= 1:
-            raise ValueError(f'Expected more than 1 value per channel when training, got input of {count} per channel')
-        for bn, mean, var in ((self.bn1, stats[0], stats[1]), (self.bn2, stats[2], stats[3])):
-            assert isinstance(bn, nn.BatchNorm2d)
-            if not bn.track_running_stats or bn.running_mean is None or bn.running_var is None:
-                continue
-            factor: float | torch.Tensor = 0.0 if bn.momentum is None else bn.momentum
-            if bn.num_batches_tracked is not None:
-                bn.num_batches_tracked.add_(1)
-                if bn.momentum is None:
-                    factor = 1.0 / bn.num_batches_tracked.to(bn.running_mean.dtype)
-            bn.running_mean.lerp_(mean.to(bn.running_mean.dtype), factor)
-            bn.running_var.lerp_((var * (count / (count - 1))).to(bn.running_var.dtype), factor)
 
     @torch.no_grad()
     def reparameterize(self) -> None:
@@ -352,29 +258,3 @@ class SPConv2d(nn.Module):
                 f'split=({self.rep_channels}, {self.red_channels})'
                 + (f', dilation={self.dilation}' if self.dilation != 1 else '')
                 + f', impl={self.impl}' + (', recompute=True' if self.recompute else ''))
-
-
-def _norm_args(norm: nn.Module, z: torch.Tensor) -> tuple[Any, ...]:
-    """``BranchFusion`` arguments for one branch norm: weight, bias, running mean/var, eps."""
-    if isinstance(norm, nn.BatchNorm2d):
-        batch = norm.training or norm.running_mean is None
-        return (norm.weight, norm.bias, None if batch else norm.running_mean,
-                None if batch else norm.running_var, norm.eps)
-    # a folded norm is the identity: statistics (0, 1) with eps 0
-    ones = torch.ones(z.shape[1], device=z.device, dtype=torch.promote_types(z.dtype, torch.float32))
-    return None, None, torch.zeros_like(ones), ones, 0.0
-
-
-def auto_impl(rep_channels: int, groups: int, kernel_size: int, stride: int, dilation: int, training: bool) -> str:
-    """The implementation ``impl='auto'`` picks for one layer (a rule measured on CPU, 2 threads).
-
-    Training: dense where the group-wise conv has at most 8 input channels per group; there
-    oneDNN runs one dense conv (forward and backward) about as fast as the grouped conv alone, so
-    folding the PWC into it is free. Inference, and training elsewhere: split, since a dense conv
-    has ``G`` times the GWC's MACs and at inference the PWC costs nothing extra (it rides in the
-    batched GEMM of ``fast_paths.infer``). See the per-layer tables of ``benchmarks/profile_ops.py``
-    in ``results/benchmarks.md``; ``spsearch.ops.autotune`` measures instead of assuming.
-    """
-    if training and fast_paths.dense_supported(kernel_size, stride, dilation) and rep_channels // groups <= 8:
-        return 'dense'
-    return 'split'
