@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -161,53 +160,6 @@ def measure_config_latency(space: SearchSpace, config: Architecture, protocol: d
             'device_name': protocol['device_name'], 'batch_size': protocol['batch_size']}
 
 
-def _time_stages(model: Any, spans: list[tuple[Any, Any]], x: Any, warmup: int, repeats: int,
-                 sync: Callable[[], None]) -> tuple[list[float], float]:
-    """Median ms of each span (first module's input to last module's output) inside the forward pass,
-    and of the rest of it (stem and head)."""
-    import statistics
-    import time
-
-    import torch
-
-    times: list[list[float]] = [[] for _ in spans]
-    marks: dict[int, float] = {}
-
-    def pre(i: int) -> Callable[..., None]:
-        def hook(*_: Any) -> None:
-            sync()
-            marks[i] = time.perf_counter()
-        return hook
-
-    def post(i: int) -> Callable[..., None]:
-        def hook(*_: Any) -> None:
-            sync()
-            times[i].append(time.perf_counter() - marks[i])
-        return hook
-
-    handles = [h for i, (first, last) in enumerate(spans) for h in (first.register_forward_pre_hook(pre(i)),
-                                                                     last.register_forward_hook(post(i)))]
-    totals = []
-    try:
-        with torch.inference_mode():
-            for step in range(warmup + repeats):
-                sync()
-                start = time.perf_counter()
-                model(x)
-                sync()
-                if step >= warmup:
-                    totals.append(time.perf_counter() - start)
-                else:
-                    for t in times:
-                        t.clear()
-    finally:
-        for h in handles:
-            h.remove()
-    # the rest (stem, head, hooks) per step, so that noise between steps does not leak into it
-    rest = [total - sum(t[step] for t in times) for step, total in enumerate(totals)]
-    return [statistics.median(t) * 1000 for t in times], max(0.0, statistics.median(rest) * 1000)
-
-
 def latency_bounds(space: SearchSpace, protocol: dict[str, Any]) -> tuple[float, float]:
     """Estimated minimum and maximum latency (ms) over the space, from per-stage timings.
 
@@ -225,10 +177,10 @@ def latency_bounds(space: SearchSpace, protocol: dict[str, Any]) -> tuple[float,
     import torch
 
     from ..cost.latency import prepare_model
+    from ..timing import time_spans
 
     device = torch.device(protocol['device'], torch.cuda.current_device()) if protocol['device'] == 'cuda' \
         else torch.device('cpu')
-    sync = torch.cuda.synchronize if device.type == 'cuda' else (lambda: None)
     extra: dict[str, Any] = {} if space.num_classes is None else {'num_classes': space.num_classes}
     distinct = sorted({c for choices in space.choices for c in choices}, key=lambda c: c.label)
     per_stage: list[dict[Any, float]] = [{} for _ in space.stages]
@@ -237,9 +189,8 @@ def latency_bounds(space: SearchSpace, protocol: dict[str, Any]) -> tuple[float,
     for choice in distinct:
         arch = tuple(choice if choice in choices else choices[0] for choices in space.choices)
         model = prepare_model(timm.create_model(space.model, **space.model_kwargs(arch), **extra), device, fused=True)
-        spans = [(model.get_submodule(stage.modules[0]), model.get_submodule(stage.modules[-1]))
-                 for stage in space.stages]
-        medians, other = _time_stages(model, spans, x, protocol['warmup'], protocol['repeats'], sync)
+        spans = [(stage.modules[0], stage.modules[-1]) for stage in space.stages]
+        medians, other = time_spans(model, x, spans, protocol['warmup'], protocol['repeats'])
         for i, c in enumerate(arch):
             per_stage[i][c] = min(per_stage[i].get(c, float('inf')), medians[i])
         rest.append(other)

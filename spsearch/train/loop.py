@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
-import resource
 import sys
 import time
 import warnings
@@ -34,6 +33,7 @@ from ..data import DataConfig, Loaders, create_loaders, dataset_info
 from ..errors import ConfigError
 from ..io import atomic_write_json, atomic_write_text, atomic_write_yaml
 from ..provenance import provenance
+from ..timing import process_peak_memory_mb
 from .checkpoint import export_weights, load_checkpoint, load_weights, rng_state, save_checkpoint, set_rng_state
 from .config import TrainConfig
 
@@ -186,12 +186,6 @@ def _average_norm_statistics(model: nn.Module, accelerator: Any) -> None:
         if buffer.is_floating_point():
             dist.all_reduce(buffer, op=dist.ReduceOp.SUM)
             buffer.div_(accelerator.num_processes)
-
-
-def _peak_memory_mb(device: torch.device) -> float:
-    if device.type == 'cuda':
-        return torch.cuda.max_memory_allocated(device) / 2 ** 20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
 def _gather_rng_states(accelerator: Any) -> list[dict[str, Any]]:
@@ -448,7 +442,7 @@ class _Run:
         result.epochs_run = len(self.history)
         result.history = list(self.history)
         result.images_per_s = sum(throughputs) / len(throughputs) if throughputs else 0.0
-        result.peak_mem_mb = _peak_memory_mb(acc.device)
+        result.peak_mem_mb = process_peak_memory_mb(acc.device)
         result.wall_s = time.perf_counter() - started
         if self.out is not None and self.main and result.stopped_by != 'nonfinite' and self.history:
             result.weights = str(export_weights(self.raw_model, self.out / 'model.safetensors'))
