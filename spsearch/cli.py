@@ -13,7 +13,8 @@ import yaml
 
 from .errors import SPSearchError
 
-__all__ = ['ArgumentParser', 'CliError', 'load_yaml_config', 'parse_kwargs', 'parse_with_config', 'run_cli']
+__all__ = ['ArgumentParser', 'CliError', 'load_yaml_config', 'option_values', 'parse_kwargs', 'parse_with_config',
+           'run_cli']
 
 
 class CliError(SPSearchError):
@@ -106,3 +107,20 @@ def parse_with_config(parser: argparse.ArgumentParser, argv: Sequence[str] | Non
     args = parser.parse_args(argv)
     args.config_values = config
     return args
+
+
+def option_values(args: argparse.Namespace, cls: type) -> dict[str, Any]:
+    """The flat option values of ``parse_with_config``'s result for config class ``cls``.
+
+    ``dict`` options (``--model-kwargs``) are the YAML mapping extended by the ``K=V`` flags.
+    """
+    from .options import flat_fields
+    values: dict[str, Any] = {}
+    for f in flat_fields(cls):
+        value = getattr(args, f.name)
+        if f.type is dict or str(f.type).startswith('dict'):
+            from_yaml = args.config_values.get(f.name)
+            value = value if isinstance(value, dict) else {
+                **(from_yaml if isinstance(from_yaml, dict) else {}), **parse_kwargs(value, f.flag)}
+        values[f.name] = value
+    return values

@@ -14,11 +14,11 @@ import torch
 import yaml
 from optuna.trial import TrialState
 
-import spsearch.search.driver as driver
+import spsearch.search.processes as processes
 import timm_plugins
 from spsearch.cli import run_cli
 from spsearch.errors import ConfigError
-from spsearch.search import SearchConfig, run_search
+from spsearch.search import SearchConfig, search
 from spsearch.search.budgets import Costs, check_space_budgets, constraints, latency_bounds, latency_protocol
 from spsearch.search.reports import pareto_front
 from spsearch.space import SearchSpace, StageChoice
@@ -160,18 +160,19 @@ def tiny_study(tmp_path_factory):
     """8 trials under a 0.016 GMACs budget (about 40% of the space; the paper's 0.018 is over it)."""
     out = tmp_path_factory.mktemp('tiny')
     calls: list[dict] = []
-    real_train = driver.train
+    real_train = processes.train
 
     def recording_train(cfg, **kwargs):
         calls.append(dict(cfg.model_kwargs))
         return real_train(cfg, **kwargs)
 
-    driver.train = recording_train
+    processes.train = recording_train
     try:
-        cfg = SearchConfig(**TINY, budget_gflops=0.016, n_trials=8, sampler='random', seed=1, output=str(out))
-        run = run_search(cfg)
+        cfg = SearchConfig.from_dict({**TINY, 'budget_gflops': 0.016, 'n_trials': 8, 'sampler': 'random', 'seed': 1,
+                                      'output': str(out)})
+        run = search(cfg)
     finally:
-        driver.train = real_train
+        processes.train = real_train
     assert run is not None
     return run, calls, cfg
 
@@ -181,7 +182,7 @@ def test_tiny_study_completes_within_budget_and_skips_over_budget_training(tiny_
     trials = run.study.get_trials()
     assert len(trials) == 8 and all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    over = [t for t in trials if t.user_attrs.get('spsearch_status', '').startswith('over budget')]
+    over = [t for t in trials if t.user_attrs.get('status', '').startswith('over budget')]
     assert complete and over
     for t in complete:
         assert t.user_attrs['gmacs'] <= 0.016 and t.constraints['gmacs'] <= 0 and t.user_attrs['epochs'] == 1
@@ -193,7 +194,7 @@ def test_tiny_study_completes_within_budget_and_skips_over_budget_training(tiny_
     assert len(calls) == sum(1 for t in trials if 'epochs' in t.user_attrs and 'duplicate_of' not in t.user_attrs)
     baseline = trials[0]
     assert baseline.user_attrs.get('baseline') and set(baseline.params.values()) == {'alpha=1/2,G=2'}
-    assert baseline.user_attrs['spsearch_status'].startswith('over budget: 0.01807 GMACs > 0.016')
+    assert baseline.user_attrs['status'].startswith('over budget: 0.01807 GMACs > 0.016')
 
 
 def test_tiny_study_reports(tiny_study):
@@ -217,8 +218,8 @@ def test_tiny_study_reports(tiny_study):
 
 def test_rerun_of_a_finished_study_trains_nothing(tiny_study, monkeypatch):
     run, _, cfg = tiny_study
-    monkeypatch.setattr(driver, 'train', lambda *a, **k: pytest.fail('a finished study must not train again'))
-    again = run_search(cfg.replace(resume=True))
+    monkeypatch.setattr(processes, 'train', lambda *a, **k: pytest.fail('a finished study must not train again'))
+    again = search(cfg.replace(resume=True))
     assert again is not None and len(again.study.get_trials()) == 8
 
 
@@ -233,16 +234,17 @@ def one_thread():
 
 def test_latency_budget_ends_slow_candidates_before_training(tmp_path, monkeypatch, one_thread):
     calls: list[dict] = []
-    real_train = driver.train
-    monkeypatch.setattr(driver, 'train', lambda cfg, **kw: calls.append(cfg.model_kwargs) or real_train(cfg, **kw))
+    real_train = processes.train
+    monkeypatch.setattr(processes, 'train', lambda cfg, **kw: calls.append(cfg.model_kwargs) or real_train(cfg, **kw))
     space = SearchSpace.build('sp_resnet20')
     protocol = latency_protocol('cpu', 1, 2, 5)
     low, high = latency_bounds(space, protocol)
     assert 0 < low < high
     budget = (low + high) / 2
-    cfg = SearchConfig(**{**TINY, 'measure_latency': True}, budget_latency_ms=budget, latency_warmup=2,
-                       latency_repeats=5, n_trials=5, sampler='random', seed=3, output=str(tmp_path))
-    run = run_search(cfg)
+    cfg = SearchConfig.from_dict({**TINY, 'measure_latency': True, 'budget_latency_ms': budget, 'latency_warmup': 2,
+                                  'latency_repeats': 5, 'n_trials': 5, 'sampler': 'random', 'seed': 3,
+                                  'output': str(tmp_path)})
+    run = search(cfg)
     assert run is not None
     trials = run.study.get_trials()
     assert len(trials) == 5 and all(t.user_attrs.get('latency_ms') for t in trials)
@@ -264,9 +266,9 @@ def test_latency_bounds_time_stages_that_are_runs_of_layers(one_thread):
 
 
 def test_multi_objective_nsga2_without_pruning(tmp_path):
-    cfg = SearchConfig(**{**TINY, 'proxy_epochs': 2}, budget_gflops=0.03, multi_objective=True, n_trials=4,
-                       output=str(tmp_path))
-    run = run_search(cfg)
+    cfg = SearchConfig.from_dict({**TINY, 'proxy_epochs': 2, 'budget_gflops': 0.03, 'multi_objective': True,
+                                  'n_trials': 4, 'output': str(tmp_path)})
+    run = search(cfg)
     assert run is not None and isinstance(run.study.sampler, optuna.samplers.NSGAIISampler)
     assert isinstance(run.study.pruner, optuna.pruners.NopPruner)
     complete = [t for t in run.study.get_trials() if t.state == TrialState.COMPLETE]
@@ -276,8 +278,9 @@ def test_multi_objective_nsga2_without_pruning(tmp_path):
 
 
 def test_timeout_stops_starting_trials(tmp_path):
-    cfg = SearchConfig(**TINY, budget_gflops=0.03, n_trials=50, timeout=0.01, output=str(tmp_path))
-    run = run_search(cfg)
+    cfg = SearchConfig.from_dict({**TINY, 'budget_gflops': 0.03, 'n_trials': 50, 'timeout': 0.01,
+                                  'output': str(tmp_path)})
+    run = search(cfg)
     assert run is not None
     trials = run.study.get_trials()
     assert len(trials) < 50 and not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.FAIL)]
@@ -294,10 +297,10 @@ def _cli(argv, capsys):
 
 
 @pytest.mark.parametrize('extra,match', [
-    (['--budget-gflops', '0'], 'budget must be a number > 0'),
-    (['--budget-gflops', '-1'], 'budget must be a number > 0'),
-    (['--budget-params', '0'], 'budget must be a number > 0'),
-    (['--budget-latency-ms', '-5'], 'budget must be a number > 0'),
+    (['--budget-gflops', '0'], 'invalid: it must be a number > 0 (leave it out for no budget)'),
+    (['--budget-gflops', '-1'], 'invalid: it must be a number > 0 (leave it out for no budget)'),
+    (['--budget-params', '0'], 'invalid: it must be a number > 0 (leave it out for no budget)'),
+    (['--budget-latency-ms', '-5'], 'invalid: it must be a number > 0 (leave it out for no budget)'),
     (['--budget-gflops', '0.005'], 'below the minimum of the search space, 0.01015 GMACs'),
     (['--budget-gflops', '0.016', '--model', 'sp_resnet_nope'], 'unknown model'),
     (['--budget-gflops', '0.016', '--alphas', '1/16', '--groups', '16'], 'search space is empty'),
@@ -359,6 +362,7 @@ def test_retrain_mode_trains_best_yaml_and_the_paper_baseline(tiny_study, capsys
 def test_default_preset_is_the_embedded_default():
     assert search_cli.resolve_config(['-c', str(ROOT / 'configs/search/default.yaml')]) == \
         search_cli.resolve_config(['--budget-gflops', '2.0'])
+    assert set(yaml.safe_load((ROOT / 'configs/search/default.yaml').read_text())) == set(SearchConfig.field_names())
     for preset in sorted((ROOT / 'configs/search').glob('*.yaml')):
         cfg = search_cli.resolve_config(['-c', str(preset)])
         assert cfg.budgets, preset.name

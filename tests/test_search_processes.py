@@ -19,7 +19,8 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from spsearch.search.storage import RETRY_OF, WORKER, StorageSpec, open_storage
+from spsearch.search.record import TrialRecord
+from spsearch.search.storage import StorageSpec, open_storage
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ['--model', 'sp_resnet20', '--dataset', 'synthetic', '--val-samples', '64', '--batch-size', '32',
@@ -80,11 +81,11 @@ def test_kill_9_then_resume_ends_with_exactly_n_trials(tmp_path):
     assert len(finished) == n
     assert [t.number for t in trials if t.state == TrialState.FAIL] == [killed.number]
     assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
-    retries = [t for t in finished if t.user_attrs.get(RETRY_OF) is not None]
-    assert len(retries) == 1 and retries[0].user_attrs[RETRY_OF] == killed.number
+    retries = [t for t in finished if TrialRecord.of(t).retry_of is not None]
+    assert len(retries) == 1 and TrialRecord.of(retries[0]).retry_of == killed.number
     assert retries[0].params == killed.params
     # every other finished trial was sampled once and run once
-    assert all(t.user_attrs.get(WORKER) for t in finished)
+    assert all(TrialRecord.of(t).worker for t in finished)
     # Optuna's own CLI reads the study (optuna-dashboard takes the same storage URL)
     listed = subprocess.run([str(Path(sys.executable).parent / 'optuna'), 'trials', '--storage',
                              f'sqlite:///{out}/study.db', '--study-name', 'killed', '-f', 'json'],
@@ -115,9 +116,9 @@ def _check_shared_study(study: optuna.Study, results: list[subprocess.CompletedP
     # a worker that raced for the last slot cancels its extra trial before any work; nothing else fails
     for t in trials:
         if t.state == TrialState.FAIL:
-            assert t.user_attrs.get('spsearch_status', '').startswith('cancelled')
+            assert TrialRecord.of(t).status.startswith('cancelled')
     assert sum(bool(t.user_attrs.get('baseline')) for t in trials) == 1
-    workers = {t.user_attrs[WORKER]['pid'] for t in _finished(trials)}
+    workers = {(TrialRecord.of(t).worker or {})['pid'] for t in _finished(trials)}
     assert len(workers) == 2, 'both workers should have run trials'
 
 

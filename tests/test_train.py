@@ -66,8 +66,9 @@ def cli_args(values: dict) -> list[str]:
 @needs_fmnist
 def test_real_fashion_mnist_training_learns(tmp_path):
     """2 epochs on 3,000 real training images reach > 45% on 2,000 real test images (chance: 10%; measured 63.9%)."""
-    cfg = TrainConfig(model='sp_resnet20', dataset='fashion-mnist', train_samples=3000, val_samples=2000,
-                      epochs=2, batch_size=32, lr=0.1, sched='cosine', progress=False, output=str(tmp_path / 'run'))
+    cfg = TrainConfig.from_dict(dict(model='sp_resnet20', dataset='fashion-mnist', train_samples=3000, val_samples=2000,
+                                     epochs=2, batch_size=32, lr=0.1, sched='cosine', progress=False,
+                                     output=str(tmp_path / 'run')))
     result = train(cfg)
     assert result.epochs_run == 2 and result.stopped_by is None
     assert result.final_top1 > 45.0, result.history
@@ -147,8 +148,8 @@ def test_two_cpu_processes_under_accelerate_agree_with_one(tmp_path):
     assert summary['num_processes'] == 2
     assert summary['dataset']['num_val'] == 301
     eval_out = tmp_path / 'eval'
-    cfg = TrainConfig(**{**TINY, 'val_samples': 301}, evaluate_only=True, output=str(eval_out),
-                      checkpoint=str(out / 'model.safetensors'))
+    cfg = TrainConfig.from_dict({**TINY, 'val_samples': 301, 'evaluate_only': True, 'output': str(eval_out),
+                                 'checkpoint': str(out / 'model.safetensors')})
     single = train(cfg)
     assert single.final_top1 == pytest.approx(summary['final_top1'], abs=1e-9)
     assert single.final_top5 == pytest.approx(summary['final_top5'], abs=1e-9)
@@ -167,9 +168,10 @@ def test_yaml_config_then_flags_and_args_yaml_round_trip(tmp_path):
 
 
 def test_synthetic_smoke_with_ema_clip_and_channels_last(tmp_path):
-    cfg = TrainConfig(model='sp_resnet20', dataset='synthetic', img_size=16, train_samples=128, val_samples=64,
-                      batch_size=32, epochs=1, ema=True, clip_grad=1.0, channels_last=True, label_smoothing=0.1,
-                      opt='adamw', lr=1e-3, sched='step', progress=False, output=None)
+    cfg = TrainConfig.from_dict(dict(model='sp_resnet20', dataset='synthetic', img_size=16, train_samples=128,
+                                     val_samples=64, batch_size=32, epochs=1, ema=True, clip_grad=1.0,
+                                     channels_last=True, label_smoothing=0.1, opt='adamw', lr=1e-3, sched='step',
+                                     progress=False, output=None))
     result = train(cfg)
     assert result.epochs_run == 1 and result.output is None
     assert 'ema_top1' in result.history[0]
@@ -182,8 +184,8 @@ def test_epoch_callback_stops_the_run(tmp_path):
         seen.append((epoch, metrics['top1']))
         return epoch >= 2
 
-    cfg = TrainConfig(model='sp_resnet20', dataset='synthetic', img_size=16, train_samples=64, val_samples=32,
-                      batch_size=32, epochs=5, progress=False)
+    cfg = TrainConfig.from_dict(dict(model='sp_resnet20', dataset='synthetic', img_size=16, train_samples=64,
+                                     val_samples=32, batch_size=32, epochs=5, progress=False))
     result = train(cfg, epoch_callback=callback)
     assert result.stopped_by == 'callback' and result.epochs_run == 2 and [e for e, _ in seen] == [1, 2]
 
@@ -198,8 +200,8 @@ def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, capsys):
     handle = torch.nn.modules.module.register_module_forward_hook(hook)
     out = tmp_path / 'nan'
     try:
-        cfg = TrainConfig(model='sp_resnet20', dataset='synthetic', img_size=16, train_samples=64, val_samples=32,
-                          batch_size=32, epochs=3, progress=False, output=str(out))
+        cfg = TrainConfig.from_dict(dict(model='sp_resnet20', dataset='synthetic', img_size=16, train_samples=64,
+                                         val_samples=32, batch_size=32, epochs=3, progress=False, output=str(out)))
         result = train(cfg, epoch_callback=lambda epoch, m: poison.update(on=True) or False)
     finally:
         handle.remove()

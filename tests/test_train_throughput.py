@@ -149,11 +149,13 @@ def test_our_arguments_resolve_in_our_train_cli(image_folder):
     setup = tt.Setup('sp_resnet20', ['sp_alpha=vanilla'], 32, 32, 2, 1, 1, 0, 0.1, 0.9, 5e-4, 48, 20, image_folder,
                      None)
     torch_cfg = train_cli.resolve_config(tt.ours_argv(setup, 'torch', image_folder / 'out'))
-    assert (torch_cfg.dataset, torch_cfg.loader, torch_cfg.data_dir) == ('imagefolder', 'torch', str(image_folder))
-    assert torch_cfg.model_kwargs == {'sp_alpha': 'vanilla'} and torch_cfg.batch_size == 32
+    data = torch_cfg.data
+    assert (data.dataset, data.loader, data.data_dir) == ('imagefolder', 'torch', str(image_folder))
+    assert torch_cfg.model_kwargs == {'sp_alpha': 'vanilla'} and data.batch_size == 32
     assert torch_cfg.mean == tt.MEAN and torch_cfg.warmup_epochs == 0 and torch_cfg.label_smoothing == 0
     memory_cfg = train_cli.resolve_config(tt.ours_argv(setup, 'memory', image_folder / 'out'))
-    assert (memory_cfg.dataset, memory_cfg.loader, memory_cfg.train_samples) == ('fashion-mnist', 'memory', 48)
+    assert (memory_cfg.data.dataset, memory_cfg.data.loader, memory_cfg.data.train_samples) == (
+        'fashion-mnist', 'memory', 48)
     timm = tt.timm_argv(setup, Path('cpu.yaml'), Path('out'), 'x')
     assert timm[:2] == ['-c', 'cpu.yaml'] and timm[-2:] == ['--model-kwargs', 'sp_alpha=vanilla']
     assert timm[timm.index('--lr') + 1] == '0.1' and '--sched-on-updates' in timm

@@ -8,7 +8,7 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
-from ..errors import ConfigError
+from ..options import option, validate
 
 __all__ = ['DATASET_NAMES', 'LOADER_KINDS', 'DataConfig', 'DataWarning', 'DatasetInfo', 'EpochLoader', 'Loaders']
 
@@ -22,64 +22,42 @@ class DataWarning(UserWarning):
 
 @dataclass(frozen=True)
 class DataConfig:
-    """Which data set to load and how.
+    """Which data set to load and how (each field's ``help`` says what it means; ``spsearch.options``).
 
-    Attributes:
-        dataset: ``fashion-mnist``, ``cifar10``, ``cifar100``, ``imagefolder`` or ``synthetic``.
-        data_dir: Where the data set lies. ``None``: its standard places (see ``spsearch.data``);
-            required for ``imagefolder``. When given, only this folder is searched.
-        loader: ``auto`` (memory for the small data sets; DALI for ``imagefolder`` where it is
-            installed, else torch), ``dali``, ``torch`` or ``memory``.
-        batch_size: Training batch size per process (the global batch is this times the processes).
-        eval_batch_size: Validation batch size per process (default ``2 * batch_size``).
-        train_samples: Train on a seeded subset of this many images (seed ``seed``); for
-            ``synthetic`` the number of images generated.
-        val_samples: Validate on a subset of this many images. Its seed is fixed (0), so runs with
-            different ``seed`` are compared on the same images.
-        augment: Train-time augmentation: random crop with 1/8-side zero padding + horizontal flip
-            for the small data sets; random-resized crop + flip for ``imagefolder``.
-        workers: torch ``DataLoader`` worker processes, or DALI CPU threads (at least 1).
-        seed: Seed of the training subset, the order and the augmentation of every epoch.
-        download: Allow a torchvision download of Fashion-MNIST or CIFAR when no local copy is found.
-        val_split: ``imagefolder`` without a ``val/`` folder: the fraction of each class held out
-            as validation (seeded with 0, the same in every run).
-        verify_images: ``imagefolder``: check every file's format signature and, for JPEG and PNG,
-            its end marker at start-up, and leave out (with a warning) the ones that fail.
+    ``data_dir=None`` searches the data set's standard places (see ``spsearch.data``) and is
+    required for ``imagefolder``; when given, only that folder is searched. ``augment`` is a random
+    crop with 1/8-side zero padding + horizontal flip for the small data sets, random-resized crop +
+    flip for ``imagefolder``. The validation subset's seed is fixed (0), so runs with different
+    ``seed`` are compared on the same images.
     """
 
-    dataset: str = 'fashion-mnist'
-    data_dir: str | None = None
-    loader: str = 'auto'
-    batch_size: int = 128
-    eval_batch_size: int | None = None
-    train_samples: int | None = None
-    val_samples: int | None = None
-    augment: bool = True
-    workers: int = 2
-    seed: int = 0
-    download: bool = False
-    val_split: float = 0.1
-    verify_images: bool = True
+    dataset: str = option('fashion-mnist', choices=DATASET_NAMES, group='data', help='the data set')
+    data_dir: str | None = option(None, group='data', help='data set folder (default: its standard places)')
+    loader: str = option('auto', choices=LOADER_KINDS, group='data',
+                         help='auto: memory for small data sets that fit, DALI for imagefolder where installed, '
+                              'else torch; it says which and why')
+    batch_size: int = option(128, minimum=1, group='optimisation',
+                             help='training batch size per process (the global batch is this times the processes)')
+    eval_batch_size: int | None = option(None, minimum=1, group='optimisation',
+                                         help='validation batch size per process (default 2 x batch size)')
+    train_samples: int | None = option(None, minimum=1, metavar='N', group='data',
+                                       help='train on a seeded subset of N images (synthetic: N images generated)')
+    val_samples: int | None = option(None, minimum=1, metavar='N', group='data',
+                                     help='validate on a subset of N images (always the same N images)')
+    augment: bool = option(True, group='data', help='train-time crop + flip augmentation')
+    workers: int = option(2, minimum=0, group='data', help='loader worker processes / DALI CPU threads')
+    seed: int = option(0, minimum=0, group='run',
+                       help='seed of the run: initialisation, training subset, order and augmentation of every epoch')
+    download: bool = option(False, group='data',
+                            help='allow a torchvision download of Fashion-MNIST/CIFAR when no local copy is found')
+    val_split: float = option(0.1, minimum=0, maximum=1, open_min=True, open_max=True, group='data',
+                              help='imagefolder without val/: the fraction of each class held out (seeded, fixed)')
+    verify_images: bool = option(True, group='data',
+                                 help='imagefolder: check each file\'s signature and end marker at start-up, leave out '
+                                      '(and name) unreadable ones')
 
     def __post_init__(self) -> None:
-        if self.dataset not in DATASET_NAMES:
-            raise ConfigError(f'dataset={self.dataset!r} is not supported; choose one of {", ".join(DATASET_NAMES)}')
-        if self.loader not in LOADER_KINDS:
-            raise ConfigError(f'loader={self.loader!r} is not supported; choose one of {", ".join(LOADER_KINDS)}')
-        for name in ('batch_size', 'eval_batch_size', 'train_samples', 'val_samples'):
-            value = getattr(self, name)
-            if value is None and name != 'batch_size':
-                continue
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f'{name}={value!r} is invalid: it must be an integer >= 1'
-                                  + ('' if name == 'batch_size' else ' (or unset)'))
-        for name in ('workers', 'seed'):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ConfigError(f'{name}={value!r} is invalid: it must be an integer >= 0')
-        if isinstance(self.val_split, bool) or not isinstance(self.val_split, (int, float)) \
-                or not 0 < self.val_split < 1:
-            raise ConfigError(f'val_split={self.val_split!r} is invalid: it must be a fraction in (0, 1)')
+        validate(self)
 
     @property
     def val_batch_size(self) -> int:

@@ -24,7 +24,7 @@ from ..space import Architecture, SearchSpace
 
 __all__ = [
     'BUDGET_FLAGS', 'Costs', 'LatencyCache', 'check_latency_budget', 'check_space_budgets', 'constraints',
-    'latency_bounds', 'latency_protocol', 'measure_config_latency', 'violations',
+    'describe_budgets', 'latency_bounds', 'latency_protocol', 'measure_config_latency', 'violations',
 ]
 
 BUDGET_FLAGS = {'gmacs': '--budget-gflops', 'mparams': '--budget-params', 'latency_ms': '--budget-latency-ms'}
@@ -41,6 +41,11 @@ class Costs:
 
     def get(self, key: str) -> float | None:
         return getattr(self, key)
+
+
+def describe_budgets(budgets: dict[str, float]) -> str:
+    """``2 GMACs, 40 ms`` (or ``none``), for logs and reports."""
+    return ', '.join(f'{v:g} {_UNITS[k]}' for k, v in budgets.items()) or 'none'
 
 
 def check_space_budgets(space: SearchSpace, budgets: dict[str, float]) -> list[str]:

@@ -6,13 +6,13 @@ of a study: the settings a resumed run must share with the run that created the 
 """
 from __future__ import annotations
 
-import dataclasses
-import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
+from ..data.config import DataConfig
 from ..errors import ConfigError
+from ..options import flat_fields, from_flat, nested, option, to_flat, validate
 from ..train.config import TrainConfig
 
 __all__ = ['MODES', 'MO_METRICS', 'PRUNERS', 'SAMPLERS', 'SearchConfig']
@@ -22,157 +22,104 @@ PRUNERS = ('sh', 'hyperband', 'median', 'none')
 SAMPLERS = ('auto', 'tpe', 'random', 'nsga2')
 MO_METRICS = ('gmacs', 'latency')
 LATENCY_DEVICES = ('cpu', 'cuda')
+_BUDGETS = 'budgets (checked before any training)'
+_NO_BUDGET = 'leave it out for no budget'
+
+
+def _proxy_recipe() -> TrainConfig:
+    """The default training recipe of a search: SGD 0.1 cosine, batch 128; 4,000 images, validated on 2,000."""
+    return TrainConfig(data=DataConfig(train_samples=4000, val_samples=2000))
+
+
+_SET_PER_RUN = frozenset({'model', 'model_kwargs', 'img_size', 'epochs', 'seed', 'output', 'resume', 'checkpoint',
+                          'evaluate_only', 'log_interval', 'progress', 'save_checkpoints', 'experiment'})
+"""Options of the training recipe that the search sets for each proxy training and retrain itself."""
 
 
 @dataclass
 class SearchConfig:
-    """One search. Field names are ``search.py``'s flags with ``-`` as ``_``.
+    """One search (each field's ``help`` says what it means; flat option names are ``search.py``'s flags).
 
-    Attributes:
-        mode: ``search`` (search, report, retrain), ``retrain`` (retrain an existing study's winners),
-            ``report`` (rewrite the reports of an existing study).
-        model: Base SP model (``timm_plugins.list_sp_models()``).
-        alphas: Split-ratio choices per stage (``vanilla``, ``1``, ``1/2``, ...).
-        groups: Group-count choices per stage.
-        eval_img_size: Resolution at which GMACs, parameters and latency are evaluated (default: the
-            model's, 224 for the ImageNet-layout ResNets).
-        budget_gflops: MAC budget in units of 1e9 multiply-accumulates (the paper's "GFLOPs").
-        budget_params: Parameter budget in millions.
-        budget_latency_ms: Latency budget in milliseconds per batch of ``latency_batch_size``.
-        latency_batch_size: Batch size of the latency protocol.
-        latency_device: ``cpu`` or ``cuda``.
-        latency_warmup: Untimed warm-up steps of the latency protocol.
-        latency_repeats: Timed steps; the median is the latency.
-        measure_latency: Measure every candidate within the MAC/parameter budgets (for the latency
-            Pareto front) even without a latency budget.
-        dataset: Proxy data set (as ``train.py --dataset``).
-        data_dir: Where it lies (default: its standard places).
-        loader: Data loader (as ``train.py --loader``).
-        proxy_img_size: Resolution of the proxy training.
-        train_samples: Training images of each proxy training (a seeded subset).
-        val_samples: Validation images of each proxy evaluation.
-        proxy_epochs: Epochs of each proxy training (the pruner's maximum resource).
-        batch_size: Batch size per process.
-        lr: Peak learning rate (SGD, cosine).
-        workers: Data loader workers.
-        seed: Seed of the sampler, the proxy trainings and the retrains.
-        n_trials: Finished trials (complete or pruned, over-budget included) the study should end with.
-        timeout: Start no new trial after this many seconds of search (None: no limit). The default keeps
-            ``python search.py --budget-gflops 2.0`` within 20 minutes on a 2-core CPU, retrain included;
-            a study cut short ends with fewer than ``n_trials`` trials and ``--resume`` completes it.
-        sampler: ``auto`` (TPE, or NSGA-II with ``multi_objective``), ``tpe``, ``random``, ``nsga2``.
-        pruner: ``sh`` (successive halving), ``hyperband``, ``median`` or ``none``.
-        multi_objective: Maximise accuracy and minimise ``mo_metric`` with NSGA-II (no pruning).
-        mo_metric: Second objective: ``gmacs`` or ``latency``.
-        output: Output folder (default ``runs/search/<study>``).
-        storage: Optuna storage: a URL (``sqlite:///x.db``, ``postgresql://...``, ``mysql://...``) or a
-            journal file path (``*.log``/``*.journal``); default ``<output>/study.db``.
-        study: Study name (default from the model and the budgets).
-        resume: Continue an existing study (it must exist).
-        retrain_top: Retrain the K best feasible configurations (and the paper's) after the search; 0: none.
-        retrain_epochs: Epochs of each retrain.
-        retrain_train_samples: Training images of each retrain (None: the whole training set).
-        retrain_val_samples: Validation images of each retrain (None: the whole validation set).
-        retrain_processes: Processes of ``accelerate launch`` for each retrain (default: GPUs, or 1).
-        progress: Print a line per trial and epoch.
+    ``train`` is the training recipe (``TrainConfig``: data, optimizer, schedule, precision, ...),
+    offered as flat options except those the search sets per run (``_SET_PER_RUN``: the model and
+    its SP settings, epochs, resolution, seed, output). ``proxy_train_config`` and
+    ``retrain_train_config`` derive the two kinds of runs from it.
     """
 
-    mode: str = 'search'
-    model: str = 'sp_resnet34'
-    alphas: list[str] = field(default_factory=lambda: ['vanilla', '1', '1/2', '1/4', '1/8', '1/16'])
-    groups: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
-    eval_img_size: int | None = None
-    budget_gflops: float | None = None
-    budget_params: float | None = None
-    budget_latency_ms: float | None = None
-    latency_batch_size: int = 1
-    latency_device: str = 'cpu'
-    latency_warmup: int = 3
-    latency_repeats: int = 10
-    measure_latency: bool = True
-    dataset: str = 'fashion-mnist'
-    data_dir: str | None = None
-    loader: str = 'auto'
-    proxy_img_size: int = 32
-    train_samples: int | None = 4000
-    val_samples: int | None = 2000
-    proxy_epochs: int = 3
-    batch_size: int = 128
-    lr: float = 0.1
-    workers: int = 2
-    seed: int = 0
-    n_trials: int = 30
-    timeout: float | None = 780.0
-    sampler: str = 'auto'
-    pruner: str = 'sh'
-    multi_objective: bool = False
-    mo_metric: str = 'gmacs'
-    output: str | None = None
-    storage: str | None = None
-    study: str | None = None
-    resume: bool = False
-    retrain_top: int = 1
-    retrain_epochs: int = 3
-    retrain_train_samples: int | None = 10000
-    retrain_val_samples: int | None = 5000
-    retrain_processes: int | None = None
-    progress: bool = True
+    model: str = option('sp_resnet34', group='search space', help='base SP model (spsearch.list_sp_models())')
+    alphas: list[str] = option(default_factory=lambda: ['vanilla', '1', '1/2', '1/4', '1/8', '1/16'],
+                               metavar='A', group='search space',
+                               help='split-ratio choices per stage (vanilla for a plain conv)')
+    groups: list[int] = option(default_factory=lambda: [1, 2, 4, 8], minimum=1, metavar='G', group='search space',
+                               help='group-count choices per stage')
+    eval_img_size: int | None = option(None, minimum=1, metavar='PX', group='search space',
+                                       help="resolution of the GMACs/params/latency evaluation (default: the "
+                                            "model's, 224)")
+    budget_gflops: float | None = option(None, minimum=0, open_min=True, metavar='G', group=_BUDGETS, hint=_NO_BUDGET,
+                                         help='MAC budget in GMACs (1e9 multiply-accumulates, the paper\'s '
+                                              '"GFLOPs") at --eval-img-size')
+    budget_params: float | None = option(None, minimum=0, open_min=True, metavar='M', group=_BUDGETS, hint=_NO_BUDGET,
+                                         help='parameter budget in millions')
+    budget_latency_ms: float | None = option(None, minimum=0, open_min=True, metavar='MS', group=_BUDGETS,
+                                             hint=_NO_BUDGET,
+                                             help='latency budget in ms per batch of --latency-batch-size on '
+                                                  '--latency-device')
+    latency_batch_size: int = option(1, minimum=1, group=_BUDGETS, help='batch size of the latency protocol')
+    latency_device: str = option('cpu', choices=LATENCY_DEVICES, group=_BUDGETS,
+                                 help='device the latency is measured on')
+    latency_warmup: int = option(3, minimum=0, group=_BUDGETS, help='untimed warm-up steps')
+    latency_repeats: int = option(10, minimum=1, group=_BUDGETS, help='timed steps (the median is the latency)')
+    measure_latency: bool = option(True, group=_BUDGETS,
+                                   help='measure every candidate within the other budgets (latency Pareto front)')
+    proxy_img_size: int = option(32, minimum=1, metavar='PX', group='proxy training',
+                                 help='resolution of each proxy training')
+    proxy_epochs: int = option(3, minimum=1, group='proxy training',
+                               help='epochs of each proxy training (the pruner\'s maximum resource)')
+    train: TrainConfig = nested(_proxy_recipe, exclude=_SET_PER_RUN)
+    n_trials: int = option(30, minimum=1, group='optimisation',
+                           help='finished trials the study ends with (over-budget ones included; they cost no '
+                                'training)')
+    timeout: float | None = option(780.0, minimum=0, metavar='S', group='optimisation', hint='0: no limit',
+                                   help='start no new trial after S seconds of search (the default keeps the '
+                                        'default search within 20 minutes on 2 CPU cores; 0: no limit; --resume '
+                                        'completes a study cut short)')
+    sampler: str = option('auto', choices=SAMPLERS, group='optimisation',
+                          help='auto: TPE, or NSGA-II with --multi-objective')
+    pruner: str = option('sh', choices=PRUNERS, group='optimisation', help='sh = successive halving')
+    multi_objective: bool = option(False, group='optimisation',
+                                   help='maximise accuracy and minimise --mo-metric with NSGA-II (Optuna cannot '
+                                        'prune here)')
+    mo_metric: str = option('gmacs', choices=MO_METRICS, group='optimisation', help='second objective')
+    seed: int = option(0, minimum=0, group='optimisation',
+                       help='seed of the sampler, the proxy trainings and the retrains')
+    output: str | None = option(None, group='storage and output', help='output folder (default runs/search/<study>)')
+    storage: str | None = option(None, group='storage and output',
+                                 help='Optuna storage URL (sqlite:///x.db, postgresql://..., mysql://...) or journal '
+                                      'file (x.log); default <output>/study.db')
+    study: str | None = option(None, group='storage and output',
+                               help='study name (default: model and budgets, e.g. sp_resnet34-gmacs2)')
+    resume: bool = option(False, group='storage and output',
+                          help='continue an existing study (interrupted trials re-run)')
+    progress: bool = option(True, group='storage and output', help='a line per trial and epoch')
+    retrain_top: int = option(1, minimum=0, metavar='K', group='retrain',
+                              help="retrain the K best feasible configurations and the paper's (0: skip)")
+    retrain_epochs: int = option(3, minimum=1, group='retrain', help='epochs of each retrain')
+    retrain_train_samples: int | None = option(10000, minimum=1, metavar='N', group='retrain',
+                                               help='training images of each retrain (none: all)')
+    retrain_val_samples: int | None = option(5000, minimum=1, metavar='N', group='retrain',
+                                             help='validation images of each retrain (none: all)')
+    retrain_processes: int | None = option(None, minimum=1, metavar='N', group='retrain',
+                                           help='accelerate launch processes per retrain (default: the GPUs, or 1)')
 
     def __post_init__(self) -> None:
-        self.validate()
-
-    def validate(self) -> None:
-        """Check every field; raise ``ConfigError`` naming the flag, its value and the valid range."""
-        def flag(name: str) -> str:
-            return '--' + name.replace('_', '-')
-
-        def choice(name: str, choices: tuple[str, ...]) -> None:
-            if getattr(self, name) not in choices:
-                raise ConfigError(f'{flag(name)} {getattr(self, name)!r} is not supported; choose one of '
-                                  f'{", ".join(choices)}')
-
-        def integer(name: str, minimum: int, allow_none: bool = False) -> None:
-            value = getattr(self, name)
-            if value is None and allow_none:
-                return
-            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-                raise ConfigError(f'{flag(name)} {value!r} is invalid: it must be an integer >= {minimum}')
-
-        for name in ('budget_gflops', 'budget_params', 'budget_latency_ms'):
-            value = getattr(self, name)
-            if value is None:
-                continue
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-                raise ConfigError(f'{flag(name)} {value!r} is invalid: a budget must be a number > 0 '
-                                  f'(leave it out for no budget)')
-            setattr(self, name, float(value))
-        if self.timeout is not None and (isinstance(self.timeout, bool) or not isinstance(self.timeout, (int, float))
-                                         or self.timeout < 0):
-            raise ConfigError(f'--timeout {self.timeout!r} is invalid: give seconds > 0, or 0 for no limit')
+        validate(self)
         if self.timeout == 0:
             self.timeout = None
-        choice('mode', MODES)
-        choice('sampler', SAMPLERS)
-        choice('pruner', PRUNERS)
-        choice('mo_metric', MO_METRICS)
-        choice('latency_device', LATENCY_DEVICES)
-        for name in ('n_trials', 'proxy_epochs', 'batch_size', 'latency_batch_size', 'latency_repeats',
-                     'proxy_img_size', 'retrain_epochs'):
-            integer(name, 1)
-        for name in ('latency_warmup', 'seed', 'retrain_top', 'workers'):
-            integer(name, 0)
-        for name in ('train_samples', 'val_samples', 'retrain_train_samples', 'retrain_val_samples',
-                     'eval_img_size', 'retrain_processes'):
-            integer(name, 1, allow_none=True)
-        if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)) or self.lr <= 0:
-            raise ConfigError(f'--lr {self.lr!r} is invalid: it must be a number > 0')
-        if not isinstance(self.model, str) or not self.model:
-            raise ConfigError(f'--model {self.model!r} is invalid: give an SP model name such as sp_resnet34')
-        if isinstance(self.alphas, (str, int, float)):
-            self.alphas = [str(self.alphas)]
-        self.alphas = [str(a) for a in self.alphas]
-        if isinstance(self.groups, int):
-            self.groups = [self.groups]
+        try:
+            self.alphas = [str(a) for a in self.alphas]
+        except TypeError:
+            raise ConfigError(f'--alphas {self.alphas!r} is invalid: give split ratios such as 1/2 or vanilla') \
+                from None
         if self.study is not None and not re.fullmatch(r'[\w.\-]+', str(self.study)):
             raise ConfigError(f'--study {self.study!r} is invalid: use letters, digits, ".", "_" and "-"')
         if self.sampler == 'nsga2' and not self.multi_objective:
@@ -212,21 +159,17 @@ class SearchConfig:
         return self.output or f'runs/search/{self.study_name}'
 
     def proxy_train_config(self, model_kwargs: dict[str, Any] | None = None) -> TrainConfig:
-        """The proxy recipe of one candidate: short, nothing written."""
-        return TrainConfig(
-            model=self.model, model_kwargs=dict(model_kwargs or {}), dataset=self.dataset, data_dir=self.data_dir,
-            loader=self.loader, img_size=self.proxy_img_size, train_samples=self.train_samples,
-            val_samples=self.val_samples, workers=self.workers, epochs=self.proxy_epochs, batch_size=self.batch_size,
-            lr=self.lr, seed=self.seed, output=None, progress=False, save_checkpoints=False)
+        """The proxy recipe of one candidate: ``train`` at ``proxy_img_size`` for ``proxy_epochs``, nothing written."""
+        return self.train.replace(
+            model=self.model, model_kwargs=dict(model_kwargs or {}), img_size=self.proxy_img_size,
+            epochs=self.proxy_epochs, seed=self.seed, output=None, progress=False, save_checkpoints=False)
 
     def retrain_train_config(self, model_kwargs: dict[str, Any], output: str, experiment: str = '') -> TrainConfig:
         """The full recipe of a retrain, as ``train.py -c`` takes it (``best.yaml``); progress lines on."""
-        return TrainConfig(
-            model=self.model, model_kwargs=dict(model_kwargs), dataset=self.dataset, data_dir=self.data_dir,
-            loader=self.loader, img_size=self.proxy_img_size, train_samples=self.retrain_train_samples,
-            val_samples=self.retrain_val_samples, workers=self.workers, epochs=self.retrain_epochs,
-            batch_size=self.batch_size, lr=self.lr, seed=self.seed, output=output, progress=True,
-            experiment=experiment)
+        return self.train.replace(
+            model=self.model, model_kwargs=dict(model_kwargs), img_size=self.proxy_img_size,
+            train_samples=self.retrain_train_samples, val_samples=self.retrain_val_samples, epochs=self.retrain_epochs,
+            seed=self.seed, output=output, progress=True, experiment=experiment)
 
     def identity(self) -> dict[str, Any]:
         """Settings a resumed study must keep (budgets, objective, proxy recipe, latency protocol)."""
@@ -248,23 +191,18 @@ class SearchConfig:
 
     @classmethod
     def field_names(cls) -> list[str]:
-        return [f.name for f in dataclasses.fields(cls)]
+        """The flat option names (``search.py``'s flags, YAML keys)."""
+        return [f.name for f in flat_fields(cls)]
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], source: str = 'options') -> SearchConfig:
-        """Build from a mapping (dashes or underscores); unknown keys raise ``ConfigError``."""
-        values = {str(k).replace('-', '_'): v for k, v in values.items()}
-        unknown = sorted(set(values) - set(cls.field_names()))
-        if unknown:
-            raise ConfigError(f'{source} has unknown key(s) {", ".join(unknown)}; see search.py --help')
-        try:
-            return cls(**values)
-        except TypeError as e:
-            raise ConfigError(f'{source}: {e}') from None
+        """Build from flat option values (dashes or underscores); unknown keys raise ``ConfigError``."""
+        return from_flat(cls, values, source)
 
     def to_dict(self) -> dict[str, Any]:
-        """YAML-safe values; ``search.py -c`` takes the result back."""
-        return dataclasses.asdict(self)
+        """The flat options, YAML-safe; ``search.py -c`` takes the result back."""
+        return to_flat(self)
 
     def replace(self, **changes: Any) -> SearchConfig:
-        return dataclasses.replace(self, **changes)
+        """A validated copy with flat option ``changes`` applied."""
+        return from_flat(type(self), changes, 'replace', base=self)

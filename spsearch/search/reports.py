@@ -15,16 +15,15 @@ from __future__ import annotations
 import csv
 import io
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from optuna.trial import FrozenTrial, TrialState
 
 from ..io import atomic_write, atomic_write_text, atomic_write_yaml
 from ..provenance import markdown_header, provenance
-from ..space import PAPER_ALPHA, PAPER_GROUPS
-
-if TYPE_CHECKING:
-    from .driver import SearchRun
+from .budgets import describe_budgets
+from .record import TrialRecord
+from .study import OpenStudy
 
 __all__ = ['best_trials', 'csv_text', 'feasible', 'pareto_front', 'proxy_top1', 'trial_rows', 'write_reports']
 
@@ -43,20 +42,15 @@ def proxy_top1(trial: FrozenTrial) -> float | None:
     return None
 
 
-def _is_paper(trial: FrozenTrial) -> bool:
-    alphas, groups = trial.user_attrs.get('sp_alpha'), trial.user_attrs.get('sp_groups')
-    return bool(alphas) and all(a == PAPER_ALPHA for a in alphas or []) and all(g == PAPER_GROUPS for g in groups or [])
-
-
 def trial_rows(trials: list[FrozenTrial], num_stages: int) -> list[dict[str, Any]]:
     """One flat dict per trial (the columns of ``trials.csv``)."""
     rows = []
     for t in trials:
-        alphas = t.user_attrs.get('sp_alpha') or [None] * num_stages
-        groups = t.user_attrs.get('sp_groups') or [None] * num_stages
-        row: dict[str, Any] = {'number': t.number, 'state': t.state.name,
-                               'status': t.user_attrs.get('spsearch_status', ''),
-                               'baseline': bool(t.user_attrs.get('baseline'))}
+        rec = TrialRecord.of(t)
+        alphas: list[Any] = rec.sp_alpha or [None] * num_stages
+        groups: list[Any] = rec.sp_groups or [None] * num_stages
+        row: dict[str, Any] = {'number': t.number, 'state': t.state.name, 'status': rec.status,
+                               'baseline': rec.baseline}
         for i in range(num_stages):
             a = alphas[i] if i < len(alphas) else None
             row[f'alpha{i + 1}'] = '' if a is None else (a if isinstance(a, str) else f'{a:g}')
@@ -65,12 +59,12 @@ def trial_rows(trials: list[FrozenTrial], num_stages: int) -> list[dict[str, Any
         duration = (t.datetime_complete - t.datetime_start).total_seconds() \
             if t.datetime_complete and t.datetime_start else None
         row.update({
-            'gmacs': _num(t.user_attrs.get('gmacs'), 4), 'mparams': _num(t.user_attrs.get('mparams'), 4),
-            'latency_ms': _num(t.user_attrs.get('latency_ms'), 3), 'feasible': feasible(t) if t.constraints else '',
-            'proxy_top1': _num(top1, 2), 'epochs': t.user_attrs.get('epochs', ''),
-            'train_s': t.user_attrs.get('train_s', ''), 'trial_s': _num(duration, 2),
-            'images_per_s': t.user_attrs.get('images_per_s', ''), 'peak_mem_mb': t.user_attrs.get('peak_mem_mb', ''),
-            'retry_of': t.user_attrs.get('spsearch_retry_of', ''), 'duplicate_of': t.user_attrs.get('duplicate_of', ''),
+            'gmacs': _num(rec.gmacs, 4), 'mparams': _num(rec.mparams, 4),
+            'latency_ms': _num(rec.latency_ms, 3), 'feasible': feasible(t) if t.constraints else '',
+            'proxy_top1': _num(top1, 2), 'epochs': _blank(rec.epochs), 'train_s': _blank(rec.train_s),
+            'trial_s': _num(duration, 2), 'images_per_s': _blank(rec.images_per_s),
+            'peak_mem_mb': _blank(rec.peak_mem_mb), 'retry_of': _blank(rec.retry_of),
+            'duplicate_of': _blank(rec.duplicate_of),
             'start': t.datetime_start.isoformat(timespec='seconds') if t.datetime_start else '',
         })
         rows.append(row)
@@ -79,6 +73,10 @@ def trial_rows(trials: list[FrozenTrial], num_stages: int) -> list[dict[str, Any
 
 def _num(value: Any, digits: int) -> Any:
     return '' if value is None else round(float(value), digits)
+
+
+def _blank(value: Any) -> Any:
+    return '' if value is None else value
 
 
 def csv_text(rows: list[dict[str, Any]]) -> str:
@@ -113,19 +111,19 @@ def pareto_front(points: list[tuple[float, float, Any]]) -> list[tuple[float, fl
     return front
 
 
-def _pareto(run: SearchRun, trials: list[FrozenTrial], metric: str, label: str) -> dict[str, Any] | None:
+def _pareto(opened: OpenStudy, trials: list[FrozenTrial], metric: str, label: str) -> dict[str, Any] | None:
     done = [t for t in trials if t.state == TrialState.COMPLETE and feasible(t) and t.values
-            and t.user_attrs.get(metric) is not None]
+            and getattr(TrialRecord.of(t), metric) is not None]
     if not done:
         return None
-    points = [(float(t.user_attrs[metric]), float(t.values[0]), t) for t in done]
+    points = [(float(getattr(TrialRecord.of(t), metric)), float(t.values[0]), t) for t in done]
     front = pareto_front(points)
-    out = run.output
+    out = opened.output
     rows = [{'number': t.number, metric: round(c, 4), 'proxy_top1': round(a, 2),
-             'config': run.space.format(run.space.from_optuna_params(t.params))} for c, a, t in front]
+             'config': opened.space.format(opened.space.from_optuna_params(t.params))} for c, a, t in front]
     atomic_write_text(out / f'pareto_{metric.split("_")[0]}.csv', csv_text(rows))
     png = out / f'pareto_{metric.split("_")[0]}.png'
-    _plot(png, points, front, metric, label, run.cfg.budgets.get(metric), run.study.study_name)
+    _plot(png, points, front, metric, label, opened.cfg.budgets.get(metric), opened.study.study_name)
     return {'csv': out / f'pareto_{metric.split("_")[0]}.csv', 'png': png, 'front': rows}
 
 
@@ -138,7 +136,7 @@ def _plot(path: Path, points: list[tuple[float, float, Any]], front: list[tuple[
     fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
     ax.scatter([p[0] for p in points], [p[1] for p in points], s=18, color='0.6', label='feasible trials')
     ax.plot([p[0] for p in front], [p[1] for p in front], '-o', color='tab:red', ms=5, label='Pareto front')
-    paper = [p for p in points if _is_paper(p[2])]
+    paper = [p for p in points if TrialRecord.of(p[2]).baseline]
     if paper:
         ax.scatter([p[0] for p in paper], [p[1] for p in paper], marker='*', s=160, color='tab:blue',
                    zorder=5, label='paper: alpha 1/2, G 2')
@@ -154,31 +152,31 @@ def _plot(path: Path, points: list[tuple[float, float, Any]], front: list[tuple[
     plt.close(fig)
 
 
-def write_reports(run: SearchRun, search_wall_s: float | None = None, total_wall_s: float | None = None
+def write_reports(opened: OpenStudy, search_wall_s: float | None = None, total_wall_s: float | None = None
                   ) -> dict[str, Any]:
-    """Write every report of ``run``'s study; return what was written (paths and the best trials)."""
-    trials = run.study.get_trials(deepcopy=False)
-    out = run.output
+    """Write every report of an open study; return what was written (paths and the best trials)."""
+    trials = opened.trials()
+    out, space, cfg = opened.output, opened.space, opened.cfg
     written: dict[str, Any] = {}
-    atomic_write_text(out / 'trials.csv', csv_text(trial_rows(trials, run.space.num_stages)))
+    atomic_write_text(out / 'trials.csv', csv_text(trial_rows(trials, space.num_stages)))
     written['trials'] = out / 'trials.csv'
-    written['pareto_gmacs'] = _pareto(run, trials, 'gmacs', 'GMACs (1e9 multiply-accumulates) at '
-                                      + 'x'.join(map(str, run.space.input_size[1:])))
-    proto = run.protocol or {}
+    written['pareto_gmacs'] = _pareto(opened, trials, 'gmacs', 'GMACs (1e9 multiply-accumulates) at '
+                                      + 'x'.join(map(str, space.input_size[1:])))
+    proto = opened.protocol or {}
     written['pareto_latency'] = _pareto(
-        run, trials, 'latency_ms',
-        f'latency (ms, median, batch {proto.get("batch_size", run.cfg.latency_batch_size)}, '
-        f'{proto.get("device", run.cfg.latency_device)})')
+        opened, trials, 'latency_ms',
+        f'latency (ms, median, batch {proto.get("batch_size", cfg.latency_batch_size)}, '
+        f'{proto.get("device", cfg.latency_device)})')
     best = best_trials(trials, 1)
     if best:
         t = best[0]
-        config = run.space.from_optuna_params(t.params)
-        recipe = run.cfg.retrain_train_config(
-            {k: list(v) for k, v in run.space.model_kwargs(config).items()}, str(out / 'retrain' / f'trial-{t.number}'),
-            experiment=f'search {run.study.study_name} trial-{t.number}')
+        arch = space.from_optuna_params(t.params)
+        recipe = cfg.retrain_train_config(
+            {k: list(v) for k, v in space.model_kwargs(arch).items()}, str(out / 'retrain' / f'trial-{t.number}'),
+            experiment=f'search {opened.study.study_name} trial-{t.number}')
         atomic_write_yaml(out / 'best.yaml', recipe.to_dict())
         written['best'] = out / 'best.yaml'
-    atomic_write_text(out / 'summary.md', _summary(run, trials, written, search_wall_s, total_wall_s))
+    atomic_write_text(out / 'summary.md', _summary(opened, trials, written, search_wall_s, total_wall_s))
     written['summary'] = out / 'summary.md'
     return written
 
@@ -187,26 +185,27 @@ def _fmt(value: Any, digits: int = 2) -> str:
     return '-' if value is None or value == '' else f'{float(value):.{digits}f}'
 
 
-def _summary(run: SearchRun, trials: list[FrozenTrial], written: dict[str, Any], wall: float | None,
+def _summary(opened: OpenStudy, trials: list[FrozenTrial], written: dict[str, Any], wall: float | None,
              total: float | None) -> str:
-    cfg, space = run.cfg, run.space
+    cfg, space = opened.cfg, opened.space
+    data = cfg.proxy_train_config().data
     prov = provenance()
-    lines = [markdown_header(f'Search {run.study.study_name}', prov), '']
+    lines = [markdown_header(f'Search {opened.study.study_name}', prov), '']
     (lo, _), (hi, _) = space.bounds('macs')
     lines += [
         '"GMACs" are 1e9 multiply-accumulates, the SPConv paper\'s "GFLOPs". Costs are counted at '
         f'{"x".join(map(str, space.input_size))}; proxy accuracies come from {cfg.proxy_epochs} epoch(s) on '
-        f'{cfg.train_samples or "all"} {cfg.dataset} images at {cfg.proxy_img_size}px, validated on '
-        f'{cfg.val_samples or "all"}.', '',
+        f'{data.train_samples or "all"} {data.dataset} images at {cfg.proxy_img_size}px, validated on '
+        f'{data.val_samples or "all"}.', '',
         f'- Model: `{space.model}`, {space.num_stages} stages, {space.size:,} configurations, '
         f'{lo / 1e9:.3f}-{hi / 1e9:.3f} GMACs',
-        f'- Budgets: {run._budget_text()}',
-        f'- Study: `{run.study.study_name}` in {run.spec.display()} (`{run.spec.cli_hint()}`)',
+        f'- Budgets: {describe_budgets(cfg.budgets)}',
+        f'- Study: `{opened.study.study_name}` in {opened.spec.display()} (`{opened.spec.cli_hint()}`)',
     ]
     states: dict[str, int] = {}
     for t in trials:
         states[t.state.name] = states.get(t.state.name, 0) + 1
-    over = sum(1 for t in trials if str(t.user_attrs.get('spsearch_status', '')).startswith('over budget'))
+    over = sum(1 for t in trials if TrialRecord.of(t).status.startswith('over budget'))
     lines.append(f'- Trials: {len(trials)} ({", ".join(f"{v} {k.lower()}" for k, v in sorted(states.items()))}); '
                  f'{over} over budget, ended before training')
     if wall is not None:
@@ -215,8 +214,7 @@ def _summary(run: SearchRun, trials: list[FrozenTrial], written: dict[str, Any],
         lines.append(f'- Search and retrain wall time (this run, after start-up): {total / 60:.1f} min')
     lines.append('')
     best = best_trials(trials)
-    paper = [t for t in trials if t.user_attrs.get('baseline') and t.state in (TrialState.COMPLETE,
-                                                                                TrialState.PRUNED)]
+    paper = [t for t in trials if TrialRecord.of(t).baseline and t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
     lines += ['## Best configuration vs the paper\'s (alpha 1/2, G 2) at the same budget', '',
               '| | trial | configuration | GMACs | M params | latency (ms) | proxy top-1 (%) | feasible |',
               '|---|---|---|---|---|---|---|---|']
@@ -226,9 +224,10 @@ def _summary(run: SearchRun, trials: list[FrozenTrial], written: dict[str, Any],
         if pick is None:
             lines.append(f'| {name} | - | none | | | | | |')
             continue
+        rec = TrialRecord.of(pick)
         lines.append(f'| {name} | {pick.number} | {space.format(space.from_optuna_params(pick.params))} | '
-                     f'{_fmt(pick.user_attrs.get("gmacs"), 3)} | {_fmt(pick.user_attrs.get("mparams"))} | '
-                     f'{_fmt(pick.user_attrs.get("latency_ms"), 1)} | {_fmt(proxy_top1(pick))} | '
+                     f'{_fmt(rec.gmacs, 3)} | {_fmt(rec.mparams)} | {_fmt(rec.latency_ms, 1)} | '
+                     f'{_fmt(proxy_top1(pick))} | '
                      f'{"yes" if feasible(pick) else "no"} |')
     lines.append('')
     for key in ('pareto_gmacs', 'pareto_latency'):
@@ -236,7 +235,7 @@ def _summary(run: SearchRun, trials: list[FrozenTrial], written: dict[str, Any],
         if info:
             lines += [f'![{key}]({info["png"].name})', '', f'Pareto front: `{info["csv"].name}` '
                       f'({len(info["front"])} configurations).', '']
-    retrain_csv = run.output / 'retrain.csv'
+    retrain_csv = opened.output / 'retrain.csv'
     if retrain_csv.exists():
         lines += ['## Retrained with the full recipe', '',
                   f'{cfg.retrain_epochs} epoch(s) on {cfg.retrain_train_samples or "all"} images, validated on '

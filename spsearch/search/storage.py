@@ -25,18 +25,15 @@ from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from ..errors import ConfigError
+from .record import TrialRecord
 
 __all__ = [
-    'HEARTBEAT_GRACE_S', 'HEARTBEAT_INTERVAL_S', 'RETRY_OF', 'WORKER', 'StorageSpec', 'open_storage', 'recover_orphans',
-    'requeue', 'this_worker', 'worker_alive',
+    'HEARTBEAT_GRACE_S', 'HEARTBEAT_INTERVAL_S', 'StorageSpec', 'open_storage', 'recover_orphans', 'requeue',
+    'this_worker', 'worker_alive',
 ]
 
 HEARTBEAT_INTERVAL_S = 30
 HEARTBEAT_GRACE_S = 120
-WORKER = 'spsearch_worker'
-"""User attribute: ``{'host', 'pid', 'started'}`` of the process that ran the trial."""
-RETRY_OF = 'spsearch_retry_of'
-"""User attribute of a re-queued trial: the number of the interrupted trial it replaces."""
 
 _JOURNAL_SUFFIXES = ('.log', '.journal', '.jsonl')
 
@@ -201,10 +198,9 @@ def _schema_race(error: Exception) -> bool:
 
 def requeue(study: optuna.Study, trial: FrozenTrial | optuna.Trial) -> None:
     """Queue a new trial with the parameters (and baseline mark) of an interrupted one."""
-    user_attrs = {RETRY_OF: trial.user_attrs.get(RETRY_OF, trial.number)}
-    if trial.user_attrs.get('baseline'):
-        user_attrs['baseline'] = True
-    study.enqueue_trial(trial.params, user_attrs=user_attrs)
+    record = TrialRecord.of(trial)
+    retry_of = trial.number if record.retry_of is None else record.retry_of
+    study.enqueue_trial(trial.params, user_attrs=record.user_attrs(retry_of=retry_of, baseline=record.baseline))
 
 
 def recover_orphans(study: optuna.Study, trials: Iterable[FrozenTrial] | None = None) -> list[int]:
@@ -219,12 +215,13 @@ def recover_orphans(study: optuna.Study, trials: Iterable[FrozenTrial] | None = 
     for trial in trials if trials is not None else study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         if trial.state != TrialState.RUNNING:
             continue
-        worker = trial.user_attrs.get(WORKER)
+        record = TrialRecord.of(trial)
+        worker = record.worker
         if not isinstance(worker, dict) or worker_alive(worker) is not False:
             continue
         try:
-            storage.set_trial_user_attr(trial._trial_id, 'spsearch_status',
-                                        f'interrupted: worker pid {worker.get("pid")} is gone; re-queued')
+            record.update((storage, trial._trial_id),
+                          status=f'interrupted: worker pid {worker.get("pid")} is gone; re-queued')
             if not storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
                 continue
         except optuna.exceptions.UpdateFinishedTrialError:

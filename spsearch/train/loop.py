@@ -29,7 +29,7 @@ from accelerate.utils import set_seed
 from torch import nn
 
 from .. import models as _models  # noqa: F401  (registers the SP models with timm)
-from ..data import DataConfig, Loaders, create_loaders, dataset_info
+from ..data import Loaders, create_loaders, dataset_info
 from ..errors import ConfigError
 from ..io import atomic_write_json, atomic_write_text, atomic_write_yaml
 from ..provenance import provenance
@@ -125,13 +125,6 @@ def _input_size(model: nn.Module, cfg: TrainConfig) -> tuple[int, int, int]:
     if cfg.img_size:
         h = w = cfg.img_size
     return int(c), int(h), int(w)
-
-
-def _data_config(cfg: TrainConfig) -> DataConfig:
-    return DataConfig(
-        dataset=cfg.dataset, data_dir=cfg.data_dir, loader=cfg.loader, batch_size=cfg.batch_size,
-        eval_batch_size=cfg.eval_batch_size, train_samples=cfg.train_samples, val_samples=cfg.val_samples,
-        augment=cfg.augment, workers=cfg.workers, seed=cfg.seed, download=cfg.download)
 
 
 @torch.no_grad()
@@ -249,14 +242,13 @@ class _Run:
         if acc.device.type == 'cpu' and acc.mixed_precision == 'bf16':
             warnings.warn('bf16 autocast on this CPU can be ~30x slower than fp32 (no AVX-512/AMX); '
                           'mixed precision is meant for the GPU', stacklevel=3)
-        data_cfg = _data_config(cfg)
-        info = dataset_info(data_cfg)
-        set_seed(cfg.seed)  # identical initialisation on every process and on resume
+        info = dataset_info(cfg.data)
+        set_seed(cfg.data.seed)  # identical initialisation on every process and on resume
         model = build_model(cfg, info.num_classes)
         self.params = sum(p.numel() for p in model.parameters())
         self.input_size = _input_size(model, cfg)
         self.loaders: Loaders = create_loaders(
-            data_cfg, input_size=self.input_size, device=acc.device, mean=cfg.mean, std=cfg.std,
+            cfg.data, input_size=self.input_size, device=acc.device, mean=cfg.mean, std=cfg.std,
             process_index=acc.process_index, num_processes=acc.num_processes)
         self.resume_state = self._find_resume_state()
         self._check_output_folder()
@@ -300,7 +292,8 @@ class _Run:
         state = load_checkpoint(path)
         saved = state.get('config', {})
         now = cfg.to_dict()
-        changed = sorted(k for k in now if k not in TrainConfig.RESUMABLE_CHANGES and saved.get(k) != now[k])
+        # options newer than the checkpoint are not in it: they ran with their defaults
+        changed = sorted(k for k in now if k not in TrainConfig.RESUMABLE_CHANGES and k in saved and saved[k] != now[k])
         if changed:
             diffs = ', '.join(f'{k}: {saved.get(k)!r} -> {now[k]!r}' for k in changed[:4])
             raise ConfigError(f'cannot resume {path}: the run used different settings ({diffs}); '
@@ -485,8 +478,7 @@ class _Run:
 
 
 def _evaluate_only(cfg: TrainConfig, accelerator: Any) -> TrainResult:
-    data_cfg = _data_config(cfg)
-    info = dataset_info(data_cfg)
+    info = dataset_info(cfg.data)
     model = build_model(cfg, info.num_classes)
     state = load_weights(str(cfg.checkpoint))
     try:
@@ -495,7 +487,7 @@ def _evaluate_only(cfg: TrainConfig, accelerator: Any) -> TrainResult:
         first = str(e).strip().splitlines()[0]
         raise ConfigError(f'{cfg.checkpoint} does not fit {cfg.model} {cfg.model_kwargs}: {first}; '
                           f'pass the same --model and --model-kwargs as the run that wrote it') from None
-    loaders = create_loaders(data_cfg, input_size=_input_size(model, cfg), device=accelerator.device, mean=cfg.mean,
+    loaders = create_loaders(cfg.data, input_size=_input_size(model, cfg), device=accelerator.device, mean=cfg.mean,
                              std=cfg.std, process_index=accelerator.process_index,
                              num_processes=accelerator.num_processes)
     model = model.to(accelerator.device)

@@ -1,7 +1,8 @@
 """Retrain the winners of a study, and the paper's alpha 1/2 baseline, with the full recipe.
 
-Each run is ``accelerate launch train.py -c <name>.yaml`` in a subprocess (a clean process per
-run: no memory carried over, the same entry point users run), in ``<output>/retrain/<name>/``.
+Each run is ``accelerate launch -m spsearch.train -c <name>.yaml`` in a subprocess (a clean process
+per run: no memory carried over, the library's own training entry point, which an installed copy
+has too), in ``<output>/retrain/<name>/``.
 A run that finished is skipped; an interrupted one continues with ``train.py --resume``. The
 final accuracies go side by side into ``retrain.csv`` (and ``summary.md``).
 """
@@ -11,29 +12,26 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from ..errors import ConfigError
 from ..io import atomic_write_text, atomic_write_yaml
 from ..space import Architecture
+from .record import TrialRecord
 from .reports import best_trials, csv_text, proxy_top1
+from .study import OpenStudy
 
-if TYPE_CHECKING:
-    from .driver import SearchRun
-
-__all__ = ['TRAIN_PY', 'clean_env', 'launch_command', 'retrain']
-
-TRAIN_PY = Path(__file__).resolve().parents[2] / 'train.py'
+__all__ = ['clean_env', 'launch_command', 'retrain_winners']
 
 
 def launch_command(config_yaml: Path, processes: int, resume: bool) -> list[str]:
-    """``accelerate launch`` of ``train.py -c config_yaml`` with explicit launcher settings (no config file needed)."""
+    """``accelerate launch -m spsearch.train -c config_yaml``, launcher settings explicit (no config file needed)."""
     cmd = [sys.executable, '-m', 'accelerate.commands.launch', '--num_processes', str(processes),
            '--num_machines', '1', '--mixed_precision', 'no', '--dynamo_backend', 'no']
     if processes > 1:
         cmd.append('--multi_gpu')  # also the way to get several CPU processes (gloo), see the README
-    cmd += [str(TRAIN_PY), '-c', str(config_yaml)]
+    cmd += ['--module', 'spsearch.train', '-c', str(config_yaml)]
     if resume:
         cmd.append('--resume')
     return cmd
@@ -72,33 +70,26 @@ def _finished(run_dir: Path, recipe: dict[str, Any]) -> dict[str, Any] | None:
     return None
 
 
-def retrain(run: SearchRun, top: int | None = None) -> list[dict[str, Any]]:
-    """Retrain the ``top`` best feasible configurations of ``run``'s study and the paper's; write ``retrain.csv``.
-
-    Raises:
-        ConfigError: If ``train.py`` is not next to the package (an installed copy without the repository).
-    """
-    cfg, space = run.cfg, run.space
+def retrain_winners(opened: OpenStudy, log: Callable[[str], None], top: int | None = None) -> list[dict[str, Any]]:
+    """Retrain the ``top`` best feasible architectures of a study and the paper's; write ``retrain.csv``."""
+    cfg, space = opened.cfg, opened.space
     top = cfg.retrain_top if top is None else top
-    if not TRAIN_PY.exists():
-        raise ConfigError(f'retraining runs train.py, which is not at {TRAIN_PY}; run search.py from the SPSearch '
-                          f'repository, or pass --retrain-top 0')
-    trials = run.study.get_trials(deepcopy=False)
+    trials = opened.trials()
     jobs: list[tuple[str, Architecture, Any]] = [(f'trial-{t.number}', space.from_optuna_params(t.params), t)
                                            for t in best_trials(trials, top)]
     paper = space.paper_arch()
     if not any(config == paper for _, config, _ in jobs):
-        paper_trial = next((t for t in trials if t.user_attrs.get('baseline')), None)
+        paper_trial = next((t for t in trials if TrialRecord.of(t).baseline), None)
         jobs.append(('paper', paper, paper_trial))
     if not jobs:
         return []
     processes = cfg.retrain_processes or _default_processes()
-    root = run.output / 'retrain'
+    root = opened.output / 'retrain'
     rows = []
     for name, config, trial in jobs:
         run_dir = root / name
         kwargs = {k: list(v) for k, v in space.model_kwargs(config).items()}
-        recipe = cfg.retrain_train_config(kwargs, str(run_dir), experiment=f'search {run.study.study_name} {name}')
+        recipe = cfg.retrain_train_config(kwargs, str(run_dir), experiment=f'search {opened.study.study_name} {name}')
         recipe_dict = recipe.to_dict()
         done = _finished(run_dir, recipe_dict)
         status = 'done before'
@@ -107,7 +98,7 @@ def retrain(run: SearchRun, top: int | None = None) -> list[dict[str, Any]]:
             atomic_write_yaml(config_yaml, recipe_dict)
             resume = (run_dir / 'last.pth').exists()
             cmd = launch_command(config_yaml, processes, resume)
-            run.log(f'retrain {name}: {space.format(config)} | {" ".join(cmd[1:])}')
+            log(f'retrain {name}: {space.format(config)} | {" ".join(cmd[1:])}')
             env = {**clean_env(), 'PYTHONUNBUFFERED': '1'}
             code = subprocess.run(cmd, env=env, check=False).returncode
             done = _finished(run_dir, recipe_dict)
@@ -116,8 +107,8 @@ def retrain(run: SearchRun, top: int | None = None) -> list[dict[str, Any]]:
         row = {
             'name': name, 'trial': getattr(trial, 'number', ''), 'paper_baseline': config == paper,
             'config': space.format(config), 'gmacs': round(cost.macs / 1e9, 4), 'mparams': round(cost.params / 1e6, 4),
-            'latency_ms': '' if trial is None or trial.user_attrs.get('latency_ms') is None
-            else round(trial.user_attrs['latency_ms'], 3),
+            'latency_ms': '' if trial is None or TrialRecord.of(trial).latency_ms is None
+            else round(TrialRecord.of(trial).latency_ms or 0, 3),
             'proxy_top1': '' if trial is None or proxy_top1(trial) is None else round(proxy_top1(trial) or 0, 2),
             'final_top1': '' if done is None else round(done['final_top1'], 2),
             'best_top1': '' if done is None else round(done['best_top1'], 2),
@@ -126,6 +117,6 @@ def retrain(run: SearchRun, top: int | None = None) -> list[dict[str, Any]]:
             'status': status, 'output': str(run_dir),
         }
         rows.append(row)
-        run.log(f'retrain {name}: {status}' + (f', final top1 {row["final_top1"]}' if done else ''))
-    atomic_write_text(run.output / 'retrain.csv', csv_text(rows))
+        log(f'retrain {name}: {status}' + (f', final top1 {row["final_top1"]}' if done else ''))
+    atomic_write_text(opened.output / 'retrain.csv', csv_text(rows))
     return rows

@@ -1,0 +1,139 @@
+"""The three entry points of a search: ``search`` (search, report, retrain), ``retrain`` and ``report``.
+
+``search(cfg)`` opens (or resumes) the study, runs trials until it has ``n_trials`` finished ones
+(COMPLETE or PRUNED) or ``timeout`` passed, writes the reports, retrains the winners and writes
+the reports again. It ends with exactly ``n_trials`` finished trials: a worker starts a trial only
+while finished + running + queued trials are fewer, a trial interrupted by a killed worker is
+re-queued with the same parameters (``storage.recover_orphans`` and the RDB heartbeat), and a worker
+that finds it started one trial too many (a race between parallel workers) cancels it before
+doing any work. ``retrain(cfg)`` and ``report(cfg)`` work on an existing study.
+"""
+from __future__ import annotations
+
+import math
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from ..errors import SPSearchError
+from ..train import make_accelerator
+from .budgets import describe_budgets, measure_config_latency
+from .config import SearchConfig
+from .objective import FINISHED, Cancelled, Objective
+from .processes import ProcessGroup
+from .reports import write_reports
+from .retraining import retrain_winners
+from .storage import recover_orphans
+from .study import OpenStudy, open_existing, open_search
+
+__all__ = ['report', 'retrain', 'search']
+
+Log = Callable[[str], None]
+
+
+def _default_log(text: str) -> None:
+    print(text, flush=True, file=sys.stdout)
+
+
+def search(cfg: SearchConfig, *, accelerator: Any = None, log: Log | None = None,
+           command: str | None = None) -> OpenStudy | None:
+    """Search, write the reports, retrain the winners; the main process returns the open study.
+
+    With several processes the main process leads and the others follow (``ProcessGroup``); each
+    process must call this with the same ``cfg`` and the accelerator of its launch.
+
+    Raises:
+        SPSearchError: On bad input, on every process.
+    """
+    log = log or _default_log
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the objective prints its own line per trial
+    group = ProcessGroup(accelerator if accelerator is not None else make_accelerator(cfg.proxy_train_config()))
+    if not group.is_main:
+        group.follow(log=lambda s: print(s, flush=True) if cfg.progress else None)
+        return None
+    try:
+        opened = open_search(cfg, log=log, command=command)
+        started = time.perf_counter()
+        _optimize(opened, Objective(opened, group, log), log, started)
+    except SPSearchError as e:
+        group.fail(str(e))
+        raise
+    except BaseException:
+        group.fail('the main process failed; see its traceback')
+        raise
+    group.stop()
+    wall = time.perf_counter() - started
+    write_reports(opened, search_wall_s=wall)
+    if cfg.retrain_top > 0:
+        retrain_winners(opened, log)
+        write_reports(opened, search_wall_s=wall, total_wall_s=time.perf_counter() - started)
+    return opened
+
+
+def retrain(cfg: SearchConfig, *, log: Log | None = None) -> OpenStudy:
+    """Retrain the winners of an existing study (and the paper's configuration); rewrite its reports.
+
+    Raises:
+        SPSearchError: If the study cannot be opened.
+    """
+    log = log or _default_log
+    opened = open_existing(cfg)
+    write_reports(opened)
+    if cfg.retrain_top > 0:
+        retrain_winners(opened, log)
+        write_reports(opened)
+    return opened
+
+
+def report(cfg: SearchConfig) -> OpenStudy:
+    """Rewrite the reports of an existing study.
+
+    Raises:
+        SPSearchError: If the study cannot be opened.
+    """
+    opened = open_existing(cfg)
+    write_reports(opened)
+    return opened
+
+
+def _optimize(opened: OpenStudy, objective: Objective, log: Log, started: float) -> None:
+    """Run trials until the study has ``n_trials`` finished ones (or ``timeout`` passed); main process only."""
+    cfg, space, study = opened.cfg, opened.space, opened.study
+    for note in opened.notes:
+        log(f'note: {note}')
+    recovered = recover_orphans(study)
+    if recovered:
+        log(f'resume: trial(s) {", ".join(map(str, recovered))} were interrupted; re-queued with the same parameters')
+    (lo, _), (hi, _) = space.bounds('macs')
+    (plo, _), (phi, _) = space.bounds('params')
+    train = cfg.proxy_train_config()
+    log(f'search: {space.model}, {space.size:,} configurations, {lo / 1e9:.3f}-{hi / 1e9:.3f} GMACs, '
+        f'{plo / 1e6:.2f}-{phi / 1e6:.2f}M params at {"x".join(map(str, space.input_size[1:]))} | budgets: '
+        f'{describe_budgets(cfg.budgets)} | study {study.study_name!r} in {opened.spec.display()} | '
+        f'{cfg.n_trials} trials, proxy {train.data.dataset} {cfg.proxy_epochs} epoch(s) x '
+        f'{train.data.train_samples or "all"} images at {cfg.proxy_img_size}px')
+    if opened.protocol is not None:
+        # the first model timed in a process pays for thread pools and allocator growth: time one untimed
+        measure_config_latency(space, space.bounds()[0][1], opened.protocol)
+    deadline = started + cfg.timeout if cfg.timeout else math.inf
+    while True:
+        trials = study.get_trials(deepcopy=False)
+        finished = sum(1 for t in trials if t.state in FINISHED)
+        running = sum(1 for t in trials if t.state == TrialState.RUNNING)
+        waiting = sum(1 for t in trials if t.state == TrialState.WAITING)
+        if finished >= cfg.n_trials:
+            break
+        if waiting == 0 and finished + running >= cfg.n_trials:
+            log(f'{running} trial(s) still run on other workers; this worker stops')
+            break
+        if time.perf_counter() >= deadline:
+            log(f'timeout: {cfg.timeout:g} s reached; {finished}/{cfg.n_trials} trials finished')
+            break
+        try:
+            study.optimize(objective, n_trials=1, gc_after_trial=True, show_progress_bar=False)
+        except Cancelled:
+            continue

@@ -1,0 +1,224 @@
+"""Opening a study: validate the settings, build the space, check the budgets, open or create the study.
+
+``open_search`` prepares a search (it may create the study; everything is validated before the
+storage or the output folder is touched); ``open_existing`` opens a study that must exist, for
+``retrain`` and ``report``. Both return an ``OpenStudy``: the plain data the trial loop, the
+reports and the retrain work from.
+
+A new study gets, in order: its settings guard (``identity``: the space, budgets, objective, proxy
+recipe and latency protocol, which a later run must share to continue it), the command and the
+configuration it was started with, its metric names, and the paper's alpha 1/2, G 2 as the first,
+enqueued trial (its baseline).
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from ..errors import ConfigError
+from ..io import atomic_write_yaml
+from ..space import SearchSpace
+from .budgets import LatencyCache, check_latency_budget, check_space_budgets, latency_protocol
+from .config import SearchConfig
+from .record import TrialRecord
+from .storage import StorageSpec, open_storage, worker_alive
+
+__all__ = ['OpenStudy', 'open_existing', 'open_search']
+
+_IDENTITY = 'identity'
+"""Study user attribute: the settings a run must share to continue the study (``SearchConfig.identity``)."""
+_COMMAND = 'command'
+"""Study user attribute: the command line that created the study."""
+_CONFIG = 'config'
+"""Study user attribute: the flat configuration that created the study."""
+
+
+@dataclass
+class OpenStudy:
+    """An opened study and what it was opened with: the data the loop, the reports and the retrain use.
+
+    Attributes:
+        cfg: The configuration of this run.
+        space: The search space.
+        spec: Where the study lives.
+        study: The Optuna study (sampler and pruner of this run).
+        output: The output folder.
+        notes: Lines worth telling the user (a budget that constrains nothing, a parallel SQLite worker, ...).
+        protocol: The latency protocol, when candidates get a latency (``search`` only).
+        latency_cache: Its cache in the output folder.
+    """
+
+    cfg: SearchConfig
+    space: SearchSpace
+    spec: StorageSpec
+    study: optuna.Study
+    output: Path
+    notes: list[str] = field(default_factory=list)
+    protocol: dict[str, Any] | None = None
+    latency_cache: LatencyCache | None = None
+
+    def trials(self) -> list[optuna.trial.FrozenTrial]:
+        """The study's trials now (no deep copy)."""
+        return self.study.get_trials(deepcopy=False)
+
+
+def _space(cfg: SearchConfig) -> tuple[SearchSpace, list[str]]:
+    space = SearchSpace.build(cfg.model, cfg.alphas, cfg.groups, cfg.eval_img_size)
+    notes = check_space_budgets(space, cfg.budgets)
+    if not cfg.budgets:
+        notes.append('no budget given: the search is unconstrained (--budget-gflops, --budget-params, '
+                     '--budget-latency-ms)')
+    return space, notes
+
+
+def _study_names(spec: StorageSpec, must_exist: bool) -> tuple[optuna.storages.BaseStorage, list[str]]:
+    storage = open_storage(spec, must_exist=must_exist)
+    return storage, optuna.get_all_study_names(storage)
+
+
+def _sampler(cfg: SearchConfig, seed: int) -> optuna.samplers.BaseSampler:
+    kind = cfg.sampler if cfg.sampler != 'auto' else ('nsga2' if cfg.multi_objective else 'tpe')
+    if kind == 'random':
+        return optuna.samplers.RandomSampler(seed=seed)
+    if kind == 'nsga2':
+        return optuna.samplers.NSGAIISampler(population_size=max(4, min(50, cfg.n_trials // 4)), seed=seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', optuna.exceptions.ExperimentalWarning)
+        # constant_liar: parallel workers see each other's running trials and spread out
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(10, max(3, cfg.n_trials // 4)),
+                                          constant_liar=True)
+
+
+def _pruner(cfg: SearchConfig) -> optuna.pruners.BasePruner:
+    if cfg.multi_objective or cfg.pruner == 'none':
+        return optuna.pruners.NopPruner()
+    if cfg.pruner == 'hyperband':
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=cfg.proxy_epochs, reduction_factor=3)
+    if cfg.pruner == 'median':
+        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=0)
+    return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3)
+
+
+def _identity_diff(stored: dict[str, Any], now: dict[str, Any], prefix: str = '') -> list[str]:
+    diffs = []
+    for key in sorted(set(stored) | set(now)):
+        a, b = stored.get(key), now.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            diffs += _identity_diff(a, b, f'{prefix}{key}.')
+        elif a != b:
+            diffs.append(f'{prefix}{key}: {a!r} -> {b!r}')
+    return diffs
+
+
+def _check_dataset(cfg: SearchConfig) -> None:
+    """Fail now (one line) if the proxy data set is missing, not after the study was opened."""
+    from ..data import dataset_info
+    dataset_info(cfg.proxy_train_config().data)
+
+
+def open_search(cfg: SearchConfig, *, log: Any = print, command: str | None = None) -> OpenStudy:
+    """Validate ``cfg`` and open (or, without ``--resume``, create) its study; write ``search.yaml``.
+
+    Raises:
+        SPSearchError: On any bad input (budgets, model, space, data, storage, a study created with other
+            settings), before the study or its files are touched.
+    """
+    space, notes = _space(cfg)
+    _check_dataset(cfg)
+    protocol = None
+    if cfg.uses_latency:
+        protocol = latency_protocol(cfg.latency_device, cfg.latency_batch_size, cfg.latency_warmup,
+                                    cfg.latency_repeats)
+        if cfg.budget_latency_ms is not None and not cfg.resume:
+            log(f'timing the {space.num_stages} stages of every choice on {protocol["device"]} to check '
+                f'--budget-latency-ms against the space ...')
+            notes += check_latency_budget(space, cfg.budget_latency_ms, protocol)
+    output = Path(cfg.output_dir)
+    spec = StorageSpec(cfg.storage, output)
+    storage, names = _study_names(spec, must_exist=cfg.resume)
+    exists = cfg.study_name in names
+    if cfg.resume and not exists:
+        raise ConfigError(f'no study named {cfg.study_name!r} in {spec.display()}{_holds(names)}; pass --study NAME, '
+                          f'or drop --resume to start it')
+    identity = {'space': space.to_dict(), **cfg.identity()}
+    existing_trials, others_live = 0, False
+    if exists:
+        loaded = optuna.load_study(study_name=cfg.study_name, storage=storage)
+        stored = loaded.user_attrs.get(_IDENTITY)
+        if stored is not None:
+            diffs = _identity_diff(stored, identity)
+            if diffs:
+                raise ConfigError(f'study {cfg.study_name!r} was created with other settings '
+                                  f'({"; ".join(diffs[:3])}); use the same options to continue it, or a new '
+                                  f'--study/--output for a new search')
+        existing = loaded.get_trials(deepcopy=False)
+        existing_trials = len(existing)
+        others_live = any(t.state == TrialState.RUNNING and worker_alive(TrialRecord.of(t).worker or {}) is True
+                          for t in existing)
+    seed = cfg.seed + existing_trials
+    if cfg.storage is not None or others_live:
+        seed += os.getpid()  # a shared storage may have parallel workers: do not sample in lockstep
+    directions: list[Any] = ['maximize', 'minimize'] if cfg.multi_objective else ['maximize']
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', optuna.exceptions.ExperimentalWarning)
+        try:
+            study = optuna.create_study(storage=storage, study_name=cfg.study_name, sampler=_sampler(cfg, seed),
+                                        pruner=_pruner(cfg), directions=directions, load_if_exists=exists)
+            created = not exists
+        except optuna.exceptions.DuplicatedStudyError:  # a parallel worker created it a moment ago
+            study = optuna.load_study(study_name=cfg.study_name, storage=storage, sampler=_sampler(cfg, seed),
+                                      pruner=_pruner(cfg))
+            created = False
+    if created:
+        _initialise(study, space, cfg, identity, command, notes)
+    elif spec.is_sqlite and others_live:
+        notes.append('another worker is running this SQLite study: SQLite serialises writers and may fail '
+                     'with "database is locked"; for parallel workers use a journal file (--storage study.log) '
+                     'or PostgreSQL/MySQL (--storage postgresql://...)')
+    atomic_write_yaml(output / 'search.yaml', cfg.to_dict())
+    cache = LatencyCache(output / 'latency_cache.json') if protocol is not None else None
+    return OpenStudy(cfg, space, spec, study, output, notes, protocol, cache)
+
+
+def _initialise(study: optuna.Study, space: SearchSpace, cfg: SearchConfig, identity: dict[str, Any],
+                command: str | None, notes: list[str]) -> None:
+    """A new study's attributes, metric names and paper baseline."""
+    study.set_user_attr(_IDENTITY, identity)
+    study.set_user_attr(_COMMAND, command or '')
+    study.set_user_attr(_CONFIG, cfg.to_dict())
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names(['proxy_top1', cfg.mo_metric] if cfg.multi_objective else ['proxy_top1'])
+    paper = space.paper_arch()
+    if space.contains(paper):
+        study.enqueue_trial(space.optuna_params(paper), user_attrs=TrialRecord().user_attrs(baseline=True))
+    else:
+        notes.append(f'the paper configuration ({space.format(paper)}) is not in this space, so it is no '
+                     f'trial; it is still retrained as the baseline')
+
+
+def _holds(names: list[str]) -> str:
+    return f' (it holds: {", ".join(names)})' if names else ' (it holds no study)'
+
+
+def open_existing(cfg: SearchConfig) -> OpenStudy:
+    """Open ``cfg``'s study, which must exist (``retrain``, ``report``); nothing is written.
+
+    Raises:
+        SPSearchError: If the space, the storage or the study cannot be opened.
+    """
+    space, notes = _space(cfg)
+    output = Path(cfg.output_dir)
+    spec = StorageSpec(cfg.storage, output)
+    storage, names = _study_names(spec, must_exist=True)
+    if cfg.study_name not in names:
+        raise ConfigError(f'no study named {cfg.study_name!r} in {spec.display()}{_holds(names)}; pass --study NAME')
+    study = optuna.load_study(study_name=cfg.study_name, storage=storage, sampler=_sampler(cfg, cfg.seed),
+                              pruner=_pruner(cfg))
+    return OpenStudy(cfg, space, spec, study, output, notes)

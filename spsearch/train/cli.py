@@ -1,0 +1,67 @@
+"""``python -m spsearch.train`` (and the repository's ``train.py``): train or evaluate any timm model.
+
+The flags are ``TrainConfig``'s options (``spsearch.options``); ``EXAMPLES`` is the epilog of ``--help``.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from datetime import datetime
+
+from ..cli import ArgumentParser, option_values, parse_with_config, run_cli
+from ..options import add_arguments
+from .config import TrainConfig
+
+__all__ = ['build_parser', 'main', 'resolve_config']
+
+DESCRIPTION = 'Train (or evaluate) any timm model, SP models included, with accelerate.'
+EXAMPLES = """Examples:
+    accelerate launch -m spsearch.train --model sp_resnet20 --dataset fashion-mnist --epochs 30 --output runs/x
+    python train.py -c configs/train/cifar_paper.yaml --data-dir /data/cifar-10-batches-py
+    python train.py --model sp_resnet20 --model-kwargs sp_alpha=vanilla --epochs 2 --train-samples 5000
+    python train.py --output runs/x --resume                # continue an interrupted run exactly
+    python train.py --model sp_resnet20 --evaluate-only --checkpoint runs/x/model.safetensors
+    accelerate launch --multi_gpu --num_processes 2 train.py ...   # DDP (on CPU too: gloo)
+
+Options come from -c FILE.yaml (keys are the option names) and are overridden by flags; the
+resolved configuration is written to <output>/args.yaml, which -c takes back. The output folder
+gets log.csv (one row per epoch), last.pth/best.pth (exact-resume checkpoints), model.safetensors
+(loadable with timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=...)))
+and summary.json."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser: ``-c FILE`` and one flag per ``TrainConfig`` option, in its groups."""
+    parser = ArgumentParser(prog='train.py', description=DESCRIPTION, epilog=EXAMPLES,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('-c', '--config', metavar='FILE', help='YAML file of option: value (flags override it)')
+    add_arguments(parser, TrainConfig)
+    return parser
+
+
+def resolve_config(argv: list[str] | None = None) -> TrainConfig:
+    """Parse ``-c`` YAML then flags into a validated ``TrainConfig`` (default output: a timestamped folder)."""
+    args = parse_with_config(build_parser(), argv)
+    values = option_values(args, TrainConfig)
+    if values['output'] is None and not values['evaluate_only']:
+        stamp = datetime.now().strftime('%Y%m%d-%H%M%S')
+        values['output'] = f'runs/train/{values["dataset"]}-{values["model"]}-{stamp}'
+    return TrainConfig.from_dict(values, source=args.config or 'options')
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``train()`` for the command line; exit code 1 when the loss became non-finite."""
+    cfg = resolve_config(argv)
+    from .loop import train
+
+    result = train(cfg)
+    if result.stopped_by == 'nonfinite':
+        print(f'error: {result.message}', file=sys.stderr)
+        return 1
+    print(result.message + (f'; best top1 {result.best_top1:.2f} (epoch {result.best_epoch})' if result.history
+                            and not cfg.evaluate_only else '') + (f'; output {result.output}' if result.output else ''))
+    return 0
+
+
+if __name__ == '__main__':
+    raise SystemExit(run_cli(main))
