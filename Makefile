@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.spsearch-installed
 ARGS ?=
 
-.PHONY: setup search test lint typecheck pytest paper-costs
+.PHONY: setup search test test-slow test-all lint typecheck pytest paper-costs model-complexity
 
 $(STAMP): setup.cfg pyproject.toml scripts/setup.sh scripts/fetch_fashion_mnist.sh
 	PYTHON=$(PYTHON) VENV=$(VENV) scripts/setup.sh
@@ -19,7 +19,14 @@ setup: $(STAMP)
 search: $(STAMP)
 	$(PY) search.py --budget-gflops 2.0 $(ARGS)
 
+# The fast set (README's test command): everything not marked slow. test-slow: subprocess, kill -9,
+# multi-process and PostgreSQL tests, real-data training, models above 30M parameters. test-all: both.
 test: lint typecheck pytest
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m slow $(ARGS)
+
+test-all: test test-slow
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
@@ -28,7 +35,10 @@ typecheck: $(STAMP)
 	$(VENV)/bin/mypy
 
 pytest: $(STAMP)
-	$(PY) -m pytest -q $(ARGS)
+	$(PY) -m pytest -q -m "not slow" $(ARGS)
 
 paper-costs: $(STAMP)
 	$(PY) tools/paper_costs.py
+
+model-complexity: $(STAMP)
+	$(PY) tools/model_complexity.py

@@ -36,6 +36,7 @@ def test_benchmark_json_csv_and_report(tmp_path, capsys):
     assert text.startswith('## sp_resnet20 vs sp_resnet20') and '- Commit:' in text and '| latency ratio |' in text
 
 
+@pytest.mark.slow  # fresh-process memory probes
 def test_benchmark_train_with_memory_probe(capsys, tmp_path):
     rc = benchmark.main([*R20, '--bench', 'train', '--batch-size', '4', '--warmup', '0', '--repeats', '1',
                          '--json', '--csv-dir', str(tmp_path)])

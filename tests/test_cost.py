@@ -7,10 +7,11 @@ import timm
 import torch
 from torch import nn
 
-import timm_plugins
 from spsearch import SPConv2d
 from spsearch.cost import UnsupportedModuleError, analytic_count, profile_model, softmax_fusion_macs, thop_count
 from spsearch.cost.paper import PAPER_ROWS
+
+from helpers import ROOT, load_script, sp_models
 
 ROWS = {(r.model, r.sp_alpha): r for r in PAPER_ROWS}
 
@@ -54,7 +55,7 @@ def test_reference_thop_convention_reproduces_measured_2_9660():
     assert round((cost.macs - missed) / 1e9, 4) == 2.9660
 
 
-@pytest.mark.parametrize('name', timm_plugins.list_sp_models())
+@pytest.mark.parametrize('name', sp_models())
 def test_thop_and_analytic_agree_on_every_registered_model(name):
     model = timm.create_model(name)
     input_size = model.pretrained_cfg['input_size']
@@ -87,12 +88,7 @@ def test_analytic_count_works_on_meta_device_and_after_folding():
 
 def test_paper_costs_tool_subtracts_the_fusion_ops_the_reference_thop_missed():
     """tools/paper_costs.py's "ref. conv." column: the fusion modules must run (reference impl) to be seen."""
-    import importlib.util
-    from pathlib import Path
-    spec = importlib.util.spec_from_file_location('paper_costs', Path(__file__).parents[1] / 'tools/paper_costs.py')
-    assert spec is not None and spec.loader is not None
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = load_script('paper_costs', ROOT / 'tools' / 'paper_costs.py')
     row = ROWS[('sp_resnet20', 1 / 2)]
     measured = tool.measure(row)
     missed = 5 * (16 + 32 + 64) * 6 + 2 * 6 * (16 * 32 * 32 + 32 * 16 * 16 + 64 * 8 * 8)

@@ -29,6 +29,8 @@ from spsearch.data.sampling import train_shard, val_shard
 from spsearch.data.transforms import BatchTransform, plan_geometry
 from spsearch.errors import ConfigError, DataError
 
+from helpers import needs_fmnist, replay_configs
+
 # ------------------------------------------------------------------------------------------- writers (real formats)
 
 
@@ -100,19 +102,6 @@ def write_folder(root: Path, classes=('cat', 'dog', 'eel'), n_train: int = 6, n_
                 write_image(root / split / c / f'{i}.{ext}', k, (18 + i, 24 - i), 'L' if k == 3 else 'RGB')
                 k += 1
     return root
-
-
-def have_fashion_mnist() -> bool:
-    try:
-        find_fashion_mnist()
-    except DataError:
-        return False
-    return True
-
-
-needs_fmnist = pytest.mark.skipif(
-    not have_fashion_mnist(),
-    reason='Fashion-MNIST not installed (apt-get install dataset-fashion-mnist or scripts/fetch_fashion_mnist.sh)')
 
 
 def batches(loader, epoch: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -413,8 +402,9 @@ def test_set_epoch_determinism_and_no_global_rng(tmp_path):
 
 FRESH_PROCESS = """
 import sys, torch
+sys.path.insert(0, 'tests')
+from helpers import replay_configs
 from spsearch.data import create_loaders
-from tests.test_data import replay_configs
 out = {}
 for name, cfg in replay_configs(sys.argv[1], sys.argv[2]).items():
     train = create_loaders(cfg, input_size=(3, 16, 16)).train
@@ -424,16 +414,7 @@ torch.save(out, sys.argv[3])
 """
 
 
-def replay_configs(cifar: str, folder: str) -> dict[str, DataConfig]:
-    from spsearch.data import dali_available
-
-    configs = {'memory': DataConfig('cifar10', data_dir=cifar, batch_size=16, seed=3),
-               'torch': DataConfig('imagefolder', data_dir=folder, loader='torch', batch_size=6, workers=0, seed=3)}
-    if dali_available():
-        configs['dali'] = DataConfig('imagefolder', data_dir=folder, loader='dali', batch_size=6, workers=2, seed=3)
-    return configs
-
-
+@pytest.mark.slow
 def test_epoch_is_replayed_exactly_in_a_fresh_process(tmp_path):
     """What a resumed run relies on: set_epoch(e) in a new process gives epoch e's batches bit for bit."""
     import subprocess

@@ -11,7 +11,6 @@ import pytest
 import timm
 import torch
 import torch.nn.functional as F
-from test_spconv import paper_spconv, randomize_bn
 from torch import nn
 
 from spsearch import SPConv2d
@@ -19,6 +18,8 @@ from spsearch.cost import profile_model
 from spsearch.models.sp_resnet import SPBasicBlock, SPBottleneck
 from spsearch.ops import auto_impl, autotune, fast_paths, fold_batchnorms, set_spconv_impl
 from spsearch.ops.fast_paths import dispatch
+
+from helpers import paper_spconv, randomize_bn
 
 GRID = list(itertools.product([0.25, 0.5, 1.0], [1, 2, 4], [1, 2], [(7, 8), (8, 8)], [1, 3]))
 

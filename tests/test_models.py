@@ -6,7 +6,6 @@ import pytest
 import safetensors.torch
 import timm
 import torch
-from test_spconv import randomize_bn
 from timm.models.resnet import BasicBlock, Bottleneck
 from timm.utils.model import reparameterize_model
 from torch import nn
@@ -16,13 +15,9 @@ from spsearch import SPConv2d
 from spsearch.models import SPStagedModel, format_alpha, parse_alpha, stage_specs
 from spsearch.ops import fold_batchnorms
 
+from helpers import CIFAR_MODELS, GOLDEN_COMPLEXITY, randomize_bn, small_input_size, sp_models
+
 SP_MODELS = timm_plugins.list_sp_models()
-CIFAR_MODELS = {'sp_resnet20', 'sp_resnet56', 'sp_resnet110', 'sp_vgg16_cifar'}
-BIG_MODELS = {'sp_resnet101', 'sp_resnet152', 'sp_wide_resnet50_2'}
-
-
-def small_input_size(name: str) -> tuple[int, int, int]:
-    return (3, 32, 32) if name in CIFAR_MODELS else (3, 64, 64)
 
 
 def test_registry_lists_exactly_our_models():
@@ -33,7 +28,7 @@ def test_registry_lists_exactly_our_models():
     assert 'spnasnet_100' not in SP_MODELS
 
 
-@pytest.mark.parametrize('name', SP_MODELS)
+@pytest.mark.parametrize('name', sp_models())
 def test_default_cfg(name):
     model = timm.create_model(name)
     cfg = model.pretrained_cfg
@@ -50,7 +45,7 @@ def test_default_cfg(name):
         timm.create_model(name, pretrained=True)
 
 
-@pytest.mark.parametrize('name', SP_MODELS)
+@pytest.mark.parametrize('name', sp_models())
 def test_forward_backward_every_parameter_gets_a_gradient(name):
     torch.manual_seed(0)
     # zero-initialised last norms would (correctly) stop the gradient to the convs before them
@@ -67,7 +62,7 @@ def test_forward_backward_every_parameter_gets_a_gradient(name):
         assert p.grad.abs().sum() > 0, pname
 
 
-@pytest.mark.parametrize('name', SP_MODELS)
+@pytest.mark.parametrize('name', sp_models())
 def test_features_only(name):
     model = timm.create_model(name)
     info = model.feature_info
@@ -82,7 +77,7 @@ def test_features_only(name):
     assert features.feature_info.channels() == [info[i]['num_chs'] for i in out_indices]
 
 
-@pytest.mark.parametrize('name', SP_MODELS)
+@pytest.mark.parametrize('name', sp_models())
 def test_forward_features_head_and_classifier_reset(name):
     model = timm.create_model(name, num_classes=7).eval()
     x = torch.randn(2, *small_input_size(name))
@@ -98,7 +93,7 @@ def test_forward_features_head_and_classifier_reset(name):
         assert model(x).shape == (2, model.head_hidden_size)
 
 
-@pytest.mark.parametrize('name', SP_MODELS)
+@pytest.mark.parametrize('name', sp_models())
 def test_fuse_equivalence(name):
     torch.manual_seed(0)
     model = timm.create_model(name).eval()
@@ -114,16 +109,13 @@ def test_fuse_equivalence(name):
         assert (folded(x) - ref).abs().max() <= 2 * tol
 
 
-@pytest.mark.parametrize('name', SP_MODELS)
+@pytest.mark.parametrize('name', sp_models())
 def test_checkpoint_round_trip_through_pretrained_cfg_overlay(name, tmp_path):
     kwargs = dict(sp_alpha=0.25, sp_groups=4) if name != 'sp_resnext50_32x4d' else dict(sp_alpha=0.25)
     src = timm.create_model(name, **kwargs)
     randomize_bn(src)
     state = src.state_dict()
-    if name in BIG_MODELS:
-        files = [tmp_path / 'model.safetensors']
-    else:
-        files = [tmp_path / 'model.safetensors', tmp_path / 'model.pth']
+    files = [tmp_path / 'model.safetensors', tmp_path / 'model.pth']
     safetensors.torch.save_file({k: v.contiguous() for k, v in state.items()}, str(files[0]))
     if len(files) > 1:
         torch.save(state, files[1])
@@ -231,7 +223,7 @@ def test_reference_checkpoint_key_names():
         assert k in keys, k
 
 
-@pytest.mark.parametrize('name', SP_MODELS)
+@pytest.mark.parametrize('name', sp_models())
 def test_stage_description_names_every_sp_site_once(name):
     """Every SPConv of the model is a site of exactly one stage, with its own channels and stride; the
     stage's modules exist; a vanilla model has the same sites (plain convs), so the description does not
@@ -262,3 +254,17 @@ def test_one_alpha_parser_and_formatter():
             timm.create_model('sp_resnet20', sp_alpha=word)
     assert [format_alpha(a) for a in (None, 0.5, 1.0, 0.01, 1 / 3, 0.3)] == ['vanilla', '1/2', '1', '1/100', '1/3',
                                                                              '3/10']
+
+
+def test_golden_complexity_covers_every_registered_model():
+    assert set(GOLDEN_COMPLEXITY) == set(SP_MODELS), 'run python tools/model_complexity.py after adding a model'
+
+
+@pytest.mark.parametrize('name', SP_MODELS)
+def test_complexity_matches_the_golden_file(name):
+    """Params and MACs of the paper, vanilla and a mixed setting, as ``tools/model_complexity.py`` recorded them
+    (pycls's ``dev/model_complexity.json``): a change that moves a model's complexity fails here until the file
+    is regenerated deliberately."""
+    from helpers import ROOT, load_script
+    tool = load_script('model_complexity', ROOT / 'tools' / 'model_complexity.py')
+    assert tool.complexity(name) == GOLDEN_COMPLEXITY[name]

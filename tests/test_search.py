@@ -3,31 +3,25 @@ and one-line errors (exit 2) for bad input that leave an existing study untouche
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import random
 from pathlib import Path
 
 import optuna
 import pytest
-import torch
 import yaml
 from optuna.trial import TrialState
 
 import spsearch.search.processes as processes
-import timm_plugins
 from spsearch.cli import run_cli
 from spsearch.errors import ConfigError
 from spsearch.search import SearchConfig, search
+from spsearch.search import cli as search_cli
 from spsearch.search.budgets import Costs, check_space_budgets, constraints, latency_bounds, latency_protocol
 from spsearch.search.reports import pareto_front
 from spsearch.space import SearchSpace, StageChoice
 
-ROOT = Path(__file__).resolve().parent.parent
-_spec = importlib.util.spec_from_file_location('search_cli', ROOT / 'search.py')
-assert _spec is not None and _spec.loader is not None
-search_cli = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(search_cli)
+from helpers import ROOT, sp_models
 
 # a tiny proxy: CIFAR ResNet-20 (costs at 32x32 span 0.010-0.047 GMACs), synthetic data, 16px, one epoch
 TINY = dict(model='sp_resnet20', dataset='synthetic', train_samples=64, val_samples=64, proxy_epochs=1,
@@ -108,7 +102,7 @@ def test_params_round_trip_and_model_kwargs(space20):
         space20.check((StageChoice(1 / 3, 2),) * 3)
 
 
-@pytest.mark.parametrize('name', timm_plugins.list_sp_models())
+@pytest.mark.parametrize('name', sp_models())
 def test_space_builds_for_every_registered_family(name):
     """The space reads each family's stage description: one categorical per stage, exact table costs."""
     space = SearchSpace.build(name)
@@ -223,15 +217,6 @@ def test_rerun_of_a_finished_study_trains_nothing(tiny_study, monkeypatch):
     assert again is not None and len(again.study.get_trials()) == 8
 
 
-@pytest.fixture
-def one_thread():
-    """Time with one thread: on a busy machine a descheduled second thread stalls every op (~100x)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_latency_budget_ends_slow_candidates_before_training(tmp_path, monkeypatch, one_thread):
     calls: list[dict] = []
     real_train = processes.train
@@ -340,6 +325,7 @@ def test_help_names_the_mac_convention(capsys):
     assert '1e9 multiply-accumulates' in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_retrain_mode_trains_best_yaml_and_the_paper_baseline(tiny_study, capsys):
     run, _, cfg = tiny_study
     out = Path(cfg.output_dir)

@@ -22,7 +22,9 @@ from optuna.trial import TrialState
 from spsearch.search.record import TrialRecord
 from spsearch.search.storage import StorageSpec, open_storage
 
-ROOT = Path(__file__).resolve().parent.parent
+from helpers import ROOT
+
+pytestmark = pytest.mark.slow  # subprocesses, kill -9, a PostgreSQL server, two-process launches
 TINY = ['--model', 'sp_resnet20', '--dataset', 'synthetic', '--val-samples', '64', '--batch-size', '32',
         '--proxy-img-size', '16', '--workers', '0', '--no-measure-latency', '--retrain-top', '0', '--pruner', 'none',
         '--budget-gflops', '0.03']

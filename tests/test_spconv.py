@@ -6,45 +6,16 @@ import itertools
 
 import pytest
 import torch
-import torch.nn.functional as F
 from timm.utils.model import reparameterize_model
 from torch import nn
 
 from spsearch import SPConv2d, sp_split
 from spsearch.ops import SoftmaxFusion, fold_batchnorms
 
+from helpers import paper_spconv, randomize_bn
+
 ALPHAS = [1 / 16, 1 / 8, 1 / 4, 1 / 2, 3 / 4, 1.0]
 GROUPS = [1, 2, 4, 8]
-
-
-def randomize_bn(module: nn.Module, seed: int = 0) -> None:
-    """Give every batch norm non-trivial running stats and affine params."""
-    g = torch.Generator().manual_seed(seed)
-    for m in module.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            c = m.num_features
-            m.running_mean.copy_(torch.rand(c, generator=g) - 0.5)
-            m.running_var.copy_(torch.rand(c, generator=g) * 1.5 + 0.5)
-            m.weight.data.copy_(torch.rand(c, generator=g) + 0.5)
-            m.bias.data.copy_(torch.rand(c, generator=g) - 0.5)
-
-
-def paper_spconv(m: SPConv2d, x: torch.Tensor) -> torch.Tensor:
-    """SPConv written the way the paper and its reference describe it, from ``m``'s weights.
-
-    Separate pools per branch, an explicit stack + softmax over the two pooled statistics, and
-    the two products summed: none of the rewrites ``SPConv2d`` makes.
-    """
-    rep, red = x[:, :m.rep_channels], x[:, m.rep_channels:]
-    s = m.stride
-    pool = (lambda t: F.avg_pool2d(t, s, s, ceil_mode=True, count_include_pad=False)) if s > 1 else (lambda t: t)
-    y_rep = m.bn1(m.gwc(rep) + m.pwc(pool(rep)))
-    if m.red_channels == 0:
-        return y_rep
-    y_red = m.bn2(m.conv1x1(pool(red)))
-    stats = torch.stack([y_rep.mean((2, 3)), y_red.mean((2, 3))], dim=2)
-    w = torch.softmax(stats, dim=2)
-    return y_rep * w[:, :, 0, None, None] + y_red * w[:, :, 1, None, None]
 
 
 GRID = [

@@ -17,25 +17,13 @@ import timm
 import torch
 import yaml
 
-import train as train_cli
-from spsearch.data import find_fashion_mnist
 from spsearch.train import TrainConfig, load_checkpoint, train
+from spsearch.train import cli as train_cli
 
-ROOT = Path(__file__).resolve().parent.parent
+from helpers import ROOT, cli_args, needs_fmnist
+
 TINY = dict(model='sp_resnet20', dataset='fashion-mnist', img_size=16, train_samples=512, val_samples=256,
             batch_size=64, epochs=3, lr=0.05, warmup_epochs=1, sched='cosine', progress=False, workers=0)
-
-
-def have_fashion_mnist() -> bool:
-    try:
-        find_fashion_mnist(None)
-    except Exception:
-        return False
-    return True
-
-
-needs_fmnist = pytest.mark.skipif(not have_fashion_mnist(),
-                                  reason='Fashion-MNIST not installed (make setup installs it)')
 
 
 def run_main(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
@@ -48,21 +36,7 @@ def run_main(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, 
     return code, out, err
 
 
-def cli_args(values: dict) -> list[str]:
-    argv: list[str] = []
-    for key, value in values.items():
-        flag = '--' + key.replace('_', '-')
-        if value is True:
-            argv.append(flag)
-        elif value is False:
-            argv.append('--no-' + key.replace('_', '-'))
-        elif isinstance(value, (list, tuple)):
-            argv += [flag, *map(str, value)]
-        else:
-            argv += [flag, str(value)]
-    return argv
-
-
+@pytest.mark.slow
 @needs_fmnist
 def test_real_fashion_mnist_training_learns(tmp_path):
     """2 epochs on 3,000 real training images reach > 45% on 2,000 real test images (chance: 10%; measured 63.9%)."""
@@ -90,6 +64,7 @@ def test_real_fashion_mnist_training_learns(tmp_path):
         assert torch.equal(tensor, ref[name]), name
 
 
+@pytest.mark.slow
 @needs_fmnist
 def test_kill_9_then_resume_ends_bit_identical(tmp_path):
     """An uninterrupted run and a run killed (SIGKILL) after epoch 1 then resumed end with the same weights."""
@@ -133,6 +108,7 @@ def test_kill_9_then_resume_ends_bit_identical(tmp_path):
     assert metrics(ref_out) == metrics(out) and len(metrics(out)) == epochs
 
 
+@pytest.mark.slow
 @needs_fmnist
 def test_two_cpu_processes_under_accelerate_agree_with_one(tmp_path):
     """DDP over gloo with two CPU processes; its gathered metrics equal a one-process evaluation of its weights."""
@@ -263,3 +239,25 @@ def test_existing_run_is_not_overwritten_without_resume(tmp_path, capsys):
     code, _, err = run_main(argv, capsys)
     assert code == 2 and 'already holds a run' in err and '--resume' in err
     assert (out / 'last.pth').read_bytes() == before
+
+
+def test_the_library_entry_point_and_the_repository_script_are_one_cli():
+    """``python -m spsearch.train`` works from anywhere (an installed copy retrains with it); train.py is its shim."""
+    done = subprocess.run([sys.executable, '-m', 'spsearch.train', '--help'], capture_output=True, text=True,
+                          timeout=120, cwd='/')
+    assert done.returncode == 0 and '--model-kwargs' in done.stdout and '--batch-size' in done.stdout, done.stderr
+    shim = (ROOT / 'train.py').read_text()
+    assert 'from spsearch.train.cli import' in shim
+
+
+def test_every_train_option_is_a_flag_and_a_yaml_key(tmp_path):
+    """Each option is spelled once (a TrainConfig field): its flag and its YAML key follow from it."""
+    from spsearch.options import flat_fields
+    parser = train_cli.build_parser()
+    flags = {s for a in parser._actions for s in a.option_strings}
+    names = TrainConfig.field_names()
+    assert names == [f.name for f in flat_fields(TrainConfig)]
+    assert {'--' + n.replace('_', '-') for n in names} <= flags
+    cfg = TrainConfig.from_dict({'lr': 0.3, 'batch_size': 16, 'train_samples': 10, 'mean': [0.5]})
+    assert (cfg.lr, cfg.data.batch_size, cfg.data.train_samples, cfg.mean) == (0.3, 16, 10, (0.5,))
+    assert set(cfg.to_dict()) == set(names)

@@ -2,7 +2,6 @@
 our rows end to end (in this process), and all three rows in fresh processes where timm's train.py is available."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import sys
@@ -15,18 +14,9 @@ import torch
 from spsearch.cli import run_cli
 from spsearch.errors import DataError
 
-ROOT = Path(__file__).resolve().parent.parent
+from helpers import ROOT, load_script
 
-
-def _load(name: str, path: Path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses resolve their module by name
-    spec.loader.exec_module(module)
-    return module
-
-
-tt = _load('train_throughput', ROOT / 'benchmarks' / 'train_throughput.py')
+tt = load_script('train_throughput', ROOT / 'benchmarks' / 'train_throughput.py')
 
 
 def _timm_train_py() -> Path | None:
@@ -145,7 +135,7 @@ def test_summary_excludes_the_first_epoch_and_takes_medians():
 
 
 def test_our_arguments_resolve_in_our_train_cli(image_folder):
-    train_cli = _load('spsearch_train_cli', ROOT / 'train.py')
+    from spsearch.train import cli as train_cli
     setup = tt.Setup('sp_resnet20', ['sp_alpha=vanilla'], 32, 32, 2, 1, 1, 0, 0.1, 0.9, 5e-4, 48, 20, image_folder,
                      None)
     torch_cfg = train_cli.resolve_config(tt.ours_argv(setup, 'torch', image_folder / 'out'))
@@ -227,6 +217,7 @@ def test_all_rows_side_by_side_with_timm_train_py(tmp_path, capsys):
     assert '| sp_alpha=vanilla | timm train.py' in text
 
 
+@pytest.mark.slow  # a child process
 def test_process_cpu_seconds_counts_live_child_processes():
     import subprocess
     import time

@@ -9,6 +9,7 @@ the retrain and the storage recovery read and write trials through this class on
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import dataclass
 from typing import Any
 
@@ -71,12 +72,18 @@ class TrialRecord:
         attrs = trial.user_attrs
         return cls(**{f.name: attrs[f.name] for f in dataclasses.fields(cls) if f.name in attrs})
 
+    def scalars(self) -> dict[str, Any]:
+        """The fields that hold one number, string or flag (``None`` as ``''``): the columns of ``trials.csv``."""
+        hints = typing.get_type_hints(type(self))
+        return {f.name: '' if getattr(self, f.name) is None else getattr(self, f.name)
+                for f in dataclasses.fields(self) if _is_scalar(hints[f.name])}
+
     @property
     def trained(self) -> bool:
         """Whether the candidate was proxy-trained (by this trial, or by the one it duplicates)."""
         return self.epochs is not None
 
-    def user_attrs(self, **changes: Any) -> dict[str, Any]:
+    def as_user_attrs(self, **changes: Any) -> dict[str, Any]:
         """``changes`` as user attributes (for ``study.enqueue_trial(..., user_attrs=...)``), checked by name."""
         known = {f.name for f in dataclasses.fields(self)}
         unknown = sorted(set(changes) - known)
@@ -86,10 +93,14 @@ class TrialRecord:
 
     def update(self, trial: optuna.Trial | tuple[BaseStorage, int], **changes: Any) -> None:
         """Set fields on this record and store them with ``trial`` (a live trial, or ``(storage, trial_id)``)."""
-        for key, value in self.user_attrs(**changes).items():
+        for key, value in self.as_user_attrs(**changes).items():
             setattr(self, key, value)
             if isinstance(trial, tuple):
                 storage, trial_id = trial
                 storage.set_trial_user_attr(trial_id, key, value)
             else:
                 trial.set_user_attr(key, value)
+
+
+def _is_scalar(tp: Any) -> bool:
+    return all(arg in (bool, int, float, str, type(None)) for arg in (typing.get_args(tp) or (tp,)))

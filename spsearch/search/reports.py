@@ -43,40 +43,30 @@ def proxy_top1(trial: FrozenTrial) -> float | None:
 
 
 def trial_rows(trials: list[FrozenTrial], num_stages: int) -> list[dict[str, Any]]:
-    """One flat dict per trial (the columns of ``trials.csv``)."""
+    """One flat dict per trial (the columns of ``trials.csv``): Optuna's facts, the per-stage alpha and G, and the
+    scalar fields of its ``TrialRecord``."""
     rows = []
     for t in trials:
         rec = TrialRecord.of(t)
         alphas: list[Any] = rec.sp_alpha or [None] * num_stages
         groups: list[Any] = rec.sp_groups or [None] * num_stages
-        row: dict[str, Any] = {'number': t.number, 'state': t.state.name, 'status': rec.status,
-                               'baseline': rec.baseline}
+        row: dict[str, Any] = {'number': t.number, 'state': t.state.name}
         for i in range(num_stages):
             a = alphas[i] if i < len(alphas) else None
             row[f'alpha{i + 1}'] = '' if a is None else (a if isinstance(a, str) else f'{a:g}')
             row[f'groups{i + 1}'] = '' if a is None or a == 'vanilla' else groups[i]
-        top1 = proxy_top1(t)
         duration = (t.datetime_complete - t.datetime_start).total_seconds() \
             if t.datetime_complete and t.datetime_start else None
-        row.update({
-            'gmacs': _num(rec.gmacs, 4), 'mparams': _num(rec.mparams, 4),
-            'latency_ms': _num(rec.latency_ms, 3), 'feasible': feasible(t) if t.constraints else '',
-            'proxy_top1': _num(top1, 2), 'epochs': _blank(rec.epochs), 'train_s': _blank(rec.train_s),
-            'trial_s': _num(duration, 2), 'images_per_s': _blank(rec.images_per_s),
-            'peak_mem_mb': _blank(rec.peak_mem_mb), 'retry_of': _blank(rec.retry_of),
-            'duplicate_of': _blank(rec.duplicate_of),
-            'start': t.datetime_start.isoformat(timespec='seconds') if t.datetime_start else '',
-        })
+        row.update({'feasible': feasible(t) if t.constraints else '', 'proxy_top1': _num(proxy_top1(t), 2),
+                    'duration_s': _num(duration, 2),
+                    'start': t.datetime_start.isoformat(timespec='seconds') if t.datetime_start else ''})
+        row.update({k: round(v, 4) if isinstance(v, float) else v for k, v in rec.scalars().items()})
         rows.append(row)
     return rows
 
 
 def _num(value: Any, digits: int) -> Any:
     return '' if value is None else round(float(value), digits)
-
-
-def _blank(value: Any) -> Any:
-    return '' if value is None else value
 
 
 def csv_text(rows: list[dict[str, Any]]) -> str:

@@ -3,7 +3,7 @@
 Each run is ``accelerate launch -m spsearch.train -c <name>.yaml`` in a subprocess (a clean process
 per run: no memory carried over, the library's own training entry point, which an installed copy
 has too), in ``<output>/retrain/<name>/``.
-A run that finished is skipped; an interrupted one continues with ``train.py --resume``. The
+A run that finished is skipped; an interrupted one continues with ``--resume``. The
 final accuracies go side by side into ``retrain.csv`` (and ``summary.md``).
 """
 from __future__ import annotations

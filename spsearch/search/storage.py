@@ -200,7 +200,7 @@ def requeue(study: optuna.Study, trial: FrozenTrial | optuna.Trial) -> None:
     """Queue a new trial with the parameters (and baseline mark) of an interrupted one."""
     record = TrialRecord.of(trial)
     retry_of = trial.number if record.retry_of is None else record.retry_of
-    study.enqueue_trial(trial.params, user_attrs=record.user_attrs(retry_of=retry_of, baseline=record.baseline))
+    study.enqueue_trial(trial.params, user_attrs=record.as_user_attrs(retry_of=retry_of, baseline=record.baseline))
 
 
 def recover_orphans(study: optuna.Study, trials: Iterable[FrozenTrial] | None = None) -> list[int]:

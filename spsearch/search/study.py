@@ -149,15 +149,15 @@ def open_search(cfg: SearchConfig, *, log: Any = print, command: str | None = No
     identity = {'space': space.to_dict(), **cfg.identity()}
     existing_trials, others_live = 0, False
     if exists:
-        loaded = optuna.load_study(study_name=cfg.study_name, storage=storage)
-        stored = loaded.user_attrs.get(_IDENTITY)
+        existing_study = optuna.load_study(study_name=cfg.study_name, storage=storage)
+        stored = existing_study.user_attrs.get(_IDENTITY)
         if stored is not None:
             diffs = _identity_diff(stored, identity)
             if diffs:
                 raise ConfigError(f'study {cfg.study_name!r} was created with other settings '
                                   f'({"; ".join(diffs[:3])}); use the same options to continue it, or a new '
                                   f'--study/--output for a new search')
-        existing = loaded.get_trials(deepcopy=False)
+        existing = existing_study.get_trials(deepcopy=False)
         existing_trials = len(existing)
         others_live = any(t.state == TrialState.RUNNING and worker_alive(TrialRecord.of(t).worker or {}) is True
                           for t in existing)
@@ -197,7 +197,7 @@ def _initialise(study: optuna.Study, space: SearchSpace, cfg: SearchConfig, iden
         study.set_metric_names(['proxy_top1', cfg.mo_metric] if cfg.multi_objective else ['proxy_top1'])
     paper = space.paper_arch()
     if space.contains(paper):
-        study.enqueue_trial(space.optuna_params(paper), user_attrs=TrialRecord().user_attrs(baseline=True))
+        study.enqueue_trial(space.optuna_params(paper), user_attrs=TrialRecord().as_user_attrs(baseline=True))
     else:
         notes.append(f'the paper configuration ({space.format(paper)}) is not in this space, so it is no '
                      f'trial; it is still retrained as the baseline')
