@@ -268,3 +268,48 @@ def test_complexity_matches_the_golden_file(name):
     from helpers import ROOT, load_script
     tool = load_script('model_complexity', ROOT / 'tools' / 'model_complexity.py')
     assert tool.complexity(name) == GOLDEN_COMPLEXITY[name]
+
+
+WRN_FAMILY = """
+\"\"\"SP-WRN-16-2 (CIFAR): a family added as one module, as README's "Add a model family" shows.\"\"\"
+from timm.models import generate_default_cfgs, register_model
+
+from spsearch.models.sp_resnet_cifar import CifarResNet, cifar_cfg, create_sp_cifar_resnet
+
+default_cfgs = generate_default_cfgs({'sp_wrn16_2.untrained': cifar_cfg()})
+
+
+@register_model
+def sp_wrn16_2(pretrained: bool = False, **kwargs) -> CifarResNet:
+    \"\"\"WRN-16-2: 3 stages x 2 BasicBlocks, 32/64/128 channels (alpha 1/2, G 2).\"\"\"
+    model_args = dict(layers=(2, 2, 2), channels=(32, 64, 128))
+    return create_sp_cifar_resnet('sp_wrn16_2', pretrained, **dict(model_args, **kwargs))
+"""
+
+ADD_FAMILY_CHECK = """
+import importlib, sys
+import spsearch.models as models
+models.__path__.append(sys.argv[1])  # as if the file were in spsearch/models/
+importlib.import_module('spsearch.models.sp_wrn')
+import timm
+from spsearch.cost import profile_model
+from spsearch.space import SearchSpace
+assert 'sp_wrn16_2' in models.list_sp_models()
+space = SearchSpace.build('sp_wrn16_2')
+assert space.num_stages == 3 and space.cost(space.paper_arch()) == space.cost_direct(space.paper_arch())
+cost = profile_model(timm.create_model('sp_wrn16_2', sp_alpha=(0.5, 'vanilla', 0.25)), (3, 32, 32))
+assert (cost.analytic_macs, cost.analytic_params) == (cost.macs, cost.params)
+print('family ok', space)
+"""
+
+
+@pytest.mark.slow  # a fresh process, so the registry of this one stays as it is
+def test_adding_a_family_is_one_module(tmp_path):
+    """A family module (blocks, stage description and registrations) and nothing else: timm builds it, the
+    space, the cost tables and the counters take it."""
+    import subprocess
+    import sys
+    (tmp_path / 'sp_wrn.py').write_text(WRN_FAMILY)
+    done = subprocess.run([sys.executable, '-c', ADD_FAMILY_CHECK, str(tmp_path)], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0 and 'family ok' in done.stdout, done.stderr[-2000:]

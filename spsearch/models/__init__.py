@@ -4,19 +4,24 @@ Each family is one module holding its blocks, its stage description (``sp_stages
 ``default_cfgs`` + ``@register_model`` entrypoints, as timm's own model modules do. Importing
 this package (``import spsearch``, or ``import timm_plugins``) registers them all.
 
-Add a family: write ``spsearch/models/sp_<family>.py`` with the model class (implementing
-``sp_stages()``, see ``stages.SPStagedModel``), ``default_cfgs`` and the entrypoints, and import it in
-``FAMILIES`` below; the generic tests (models, costs, the search space) then cover it.
+Add a family: write one module ``spsearch/models/sp_<family>.py`` with the model class (implementing
+``sp_stages()``, see ``stages.SPStagedModel``), ``default_cfgs`` and the ``@register_model``
+entrypoints. Every ``sp_*`` module here is imported as a family (``FAMILIES``), so its models are
+registered and listed, and the generic tests (models, costs, the golden complexity file, the search
+space) cover them.
 """
 from __future__ import annotations
 
+import importlib
+import pkgutil
+import sys
+from types import ModuleType
 from typing import Any
 
 import timm
 import torch
 from torch import nn
 
-from . import sp_resnet, sp_resnet_cifar, sp_vgg_cifar
 from .sp_resnet import SPBasicBlock, SPBottleneck, SPResNet, create_sp_resnet, sp_stage_blocks
 from .sp_resnet_cifar import CifarResNet, create_sp_cifar_resnet
 from .sp_vgg_cifar import VGG16_CFG, CifarVGG, create_sp_cifar_vgg
@@ -41,17 +46,21 @@ __all__ = [
     'parse_stage_alphas', 'parse_stage_groups', 'sp_stage_blocks', 'stage_specs',
 ]
 
-FAMILIES = (sp_resnet, sp_resnet_cifar, sp_vgg_cifar)
-"""The family modules; timm knows each by its last name component (``list_models(module=...)``)."""
+FAMILIES: tuple[ModuleType, ...] = tuple(
+    importlib.import_module(f'{__name__}.{name}')
+    for name in sorted(info.name for info in pkgutil.iter_modules(__path__)) if name.startswith('sp_'))
+"""The family modules: every ``sp_*`` module of this package, imported (and so registered) here."""
 
 
 def list_sp_models(filter: str = '', include_tags: bool = False) -> list[str]:
     """Names of the registered SP models (optionally ``name.tag``), filtered like ``timm.list_models``.
 
-    ``timm.list_models('sp*')`` also matches timm's own ``spnasnet_100``; this lists exactly ours.
+    The models of every imported family module (``spsearch.models.sp_*``); timm knows a module by its
+    last name component. ``timm.list_models('sp*')`` also matches timm's own ``spnasnet_100``; this
+    lists exactly ours.
     """
-    return timm.list_models(filter, module=[f.__name__.rsplit('.', 1)[-1] for f in FAMILIES],
-                            include_tags=include_tags)
+    families = [name.rsplit('.', 1)[1] for name in list(sys.modules) if name.startswith(f'{__name__}.sp_')]
+    return timm.list_models(filter, module=families, include_tags=include_tags)
 
 
 def stage_specs(model: str | nn.Module, **kwargs: Any) -> tuple[StageSpec, ...]:
