@@ -115,11 +115,6 @@ class SearchConfig:
         validate(self)
         if self.timeout == 0:
             self.timeout = None
-        try:
-            self.alphas = [str(a) for a in self.alphas]
-        except TypeError:
-            raise ConfigError(f'--alphas {self.alphas!r} is invalid: give split ratios such as 1/2 or vanilla') \
-                from None
         if self.study is not None and not re.fullmatch(r'[\w.\-]+', str(self.study)):
             raise ConfigError(f'--study {self.study!r} is invalid: use letters, digits, ".", "_" and "-"')
         if self.sampler == 'nsga2' and not self.multi_objective:
