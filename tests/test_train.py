@@ -19,6 +19,7 @@ import yaml
 
 from spsearch.train import TrainConfig, load_checkpoint, train
 from spsearch.train import cli as train_cli
+from spsearch.train.loop import precise_bn
 
 from helpers import ROOT, cli_args, needs_fmnist
 
@@ -261,3 +262,48 @@ def test_every_train_option_is_a_flag_and_a_yaml_key(tmp_path):
     cfg = TrainConfig.from_dict({'lr': 0.3, 'batch_size': 16, 'train_samples': 10, 'mean': [0.5]})
     assert (cfg.lr, cfg.data.batch_size, cfg.data.train_samples, cfg.mean) == (0.3, 16, 10, (0.5,))
     assert set(cfg.to_dict()) == set(names)
+
+
+def _norm_buffers(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in model.state_dict().items() if 'running_' in k}
+
+
+def test_precise_bn_recomputes_stale_statistics_and_keeps_converged_ones():
+    """Stale running statistics change the evaluated outputs; precise BN gives back those of the current weights,
+    and on a model whose statistics already are its weights' it changes nothing."""
+    from spsearch.data import DataConfig, create_loaders
+    torch.manual_seed(0)
+    model = timm.create_model('sp_resnet20', num_classes=10, sp_alpha=(0.5, 'vanilla', 0.25))
+    loaders = create_loaders(DataConfig('synthetic', batch_size=16, train_samples=64, val_samples=16),
+                             input_size=(3, 16, 16))
+    x = next(iter(loaders.val))[0]
+    precise_bn(model, loaders.train, 3)
+    converged = _norm_buffers(model)
+    with torch.no_grad():
+        expected = model.eval()(x)
+    precise_bn(model, loaders.train, 3)  # the same weights and batches: nothing to change
+    for k, v in _norm_buffers(model).items():
+        torch.testing.assert_close(v, converged[k], msg=k)
+    assert not model.training  # the mode is restored
+    with torch.no_grad():
+        for name, buffer in model.named_buffers():
+            if name.endswith('running_mean'):
+                buffer.add_(3.0)
+            elif name.endswith('running_var'):
+                buffer.mul_(20.0)
+        stale = model(x)
+    assert (stale - expected).abs().max() > 0.1 * expected.abs().max()
+    precise_bn(model, loaders.train, 3)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), expected)
+
+
+def test_precise_bn_is_on_by_default_and_changes_the_evaluation():
+    """Same seed, same training: only the norms' statistics at evaluation differ (0 batches: off)."""
+    base = dict(model='sp_resnet20', dataset='synthetic', img_size=16, train_samples=64, val_samples=32,
+                batch_size=32, epochs=1, progress=False)
+    assert TrainConfig.from_dict(base).precise_bn_batches > 0
+    on = train(TrainConfig.from_dict({**base, 'precise_bn_batches': 2}))
+    off = train(TrainConfig.from_dict({**base, 'precise_bn_batches': 0}))
+    assert on.history[0]['train_loss'] == off.history[0]['train_loss']
+    assert on.history[0]['val_loss'] != off.history[0]['val_loss']

@@ -69,6 +69,10 @@ class TrainConfig:
     ema: bool = option(False, group='optimisation', help='keep an EMA of the weights (evaluated and exported too)')
     ema_decay: float = option(0.999, minimum=0, maximum=1, open_min=True, open_max=True, group='optimisation',
                               help='EMA decay per step')
+    precise_bn_batches: int = option(
+        20, minimum=0, group='optimisation',
+        help='before every evaluation, recompute the BatchNorm statistics with the current weights on this many '
+             'training batches (precise BN; 0: evaluate with the running statistics)')
     channels_last: bool = option(False, group='speed', help='NHWC memory format')
     compile: bool = option(False, group='speed', help='torch.compile the model')
     mixed_precision: str = option('no', choices=MIXED_PRECISION_CHOICES, group='speed',

@@ -37,7 +37,8 @@ from ..timing import process_peak_memory_mb
 from .checkpoint import export_weights, load_checkpoint, load_weights, rng_state, save_checkpoint, set_rng_state
 from .config import TrainConfig
 
-__all__ = ['EpochCallback', 'TrainResult', 'build_model', 'evaluate', 'make_accelerator', 'train']
+__all__ = ['PRECISE_BN_EPOCH', 'EpochCallback', 'TrainResult', 'build_model', 'evaluate', 'make_accelerator',
+           'precise_bn', 'train']
 
 EpochCallback = Callable[[int, dict[str, float]], bool]
 """``callback(epoch, metrics) -> stop``: called on the main process after each evaluation."""
@@ -156,6 +157,38 @@ def evaluate(model: nn.Module, loader: Any, accelerator: Any, *, channels_last: 
     loss_sum, c1, c5, n = totals.tolist()
     n = max(n, 1)
     return {'val_loss': loss_sum / n, 'top1': 100 * c1 / n, 'top5': 100 * c5 / n, 'val_samples': n}
+
+
+PRECISE_BN_EPOCH = 0
+"""The training epoch whose first batches recalibrate the norms: the same images before every evaluation."""
+
+
+@torch.no_grad()
+def precise_bn(model: nn.Module, loader: Any, batches: int, channels_last: bool = False) -> None:
+    """Recompute every BatchNorm's running statistics with the current weights (pycls's "precise BN").
+
+    Momentum-averaged running statistics mix the weights of many past steps; after a short training
+    they describe none of them, and an evaluation in eval mode with them can be tens of points off
+    (SP layers, with three norms and a gate each, suffer most). This resets them and averages the
+    batch statistics of the first ``batches`` training batches of epoch ``PRECISE_BN_EPOCH`` under
+    the current weights (``torch.optim.swa_utils.update_bn``, in train mode, no gradients). The
+    loader's epoch is left at ``PRECISE_BN_EPOCH``; the training loop sets its own before each epoch.
+
+    Args:
+        model: The model (its norms are changed in place); the unwrapped one, not DDP or compiled.
+        loader: This process' training ``EpochLoader``.
+        batches: Training batches to average over (>= 1).
+        channels_last: Feed the batches in NHWC, as training does.
+    """
+    loader.set_epoch(PRECISE_BN_EPOCH)
+
+    def images() -> Iterator[torch.Tensor]:
+        for step, (x, _) in enumerate(loader):
+            if step >= batches:
+                return
+            yield x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+    torch.optim.swa_utils.update_bn(images(), model)
 
 
 def _any_process(accelerator: Any, flag: bool) -> bool:
@@ -403,9 +436,10 @@ class _Run:
                 result.message = (f'training loss became non-finite in epoch {epoch + 1}; stopped. Last good '
                                   f'checkpoint: {where}. Lower --lr or set --clip-grad')
                 break
-            _average_norm_statistics(self.raw_model, acc)
-            if self.ema is not None:
-                _average_norm_statistics(self.ema.module, acc)
+            for model in (self.raw_model, *([self.ema.module] if self.ema is not None else [])):
+                if cfg.precise_bn_batches:
+                    precise_bn(model, self.loaders.train, cfg.precise_bn_batches, cfg.channels_last)
+                _average_norm_statistics(model, acc)
             metrics = evaluate(self.raw_model, self.loaders.val, acc, channels_last=cfg.channels_last)
             row: dict[str, float] = {'epoch': epoch + 1, **train_metrics, **metrics}
             score = metrics['top1']
