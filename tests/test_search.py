@@ -262,6 +262,17 @@ def test_multi_objective_nsga2_without_pruning(tmp_path):
     assert run.study.metric_names == ['proxy_top1', 'gmacs']
 
 
+def test_a_candidate_that_trained_every_epoch_is_never_pruned(tmp_path, monkeypatch):
+    """The pruner is asked after the last epoch too (its rungs), but a fully trained candidate stays COMPLETE."""
+    monkeypatch.setattr(optuna.trial.Trial, 'should_prune', lambda self: True)
+    cfg = SearchConfig.from_dict({**TINY, 'budget_gflops': 0.03, 'n_trials': 4, 'proxy_epochs': 1, 'sampler': 'random',
+                                  'output': str(tmp_path)})
+    run = search(cfg)
+    assert run is not None
+    trained = [t for t in run.study.get_trials() if t.user_attrs.get('epochs') == cfg.proxy_epochs]
+    assert trained and all(t.state == TrialState.COMPLETE for t in trained)
+
+
 def test_timeout_stops_starting_trials(tmp_path):
     cfg = SearchConfig.from_dict({**TINY, 'budget_gflops': 0.03, 'n_trials': 50, 'timeout': 0.01,
                                   'output': str(tmp_path)})

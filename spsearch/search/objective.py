@@ -184,10 +184,11 @@ class Objective:
                 if self.cfg.multi_objective:
                     return False
                 trial.report(metrics['top1'], epoch)
-                # asked even for the baseline: successive halving records its rungs there, which the others
-                # are ranked against
+                # asked even for the baseline and after the last epoch: successive halving records its rungs
+                # there, which the others are ranked against; but a candidate that trained every epoch is
+                # complete, whatever the pruner thinks of its last score
                 prune = trial.should_prune()
-                return prune_allowed and prune
+                return prune_allowed and prune and epoch < train_cfg.epochs
             except BaseException as e:  # stop every process together, then re-raise below
                 failure.append(e)
                 return True
