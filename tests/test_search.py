@@ -141,6 +141,25 @@ def test_constraints_are_relative_excess():
     assert c == {'gmacs': pytest.approx(0.5), 'mparams': pytest.approx(-0.5)}
 
 
+def test_ties_go_to_the_cheaper_architecture():
+    """Equal proxy scores (the same count of correct images) rank by GMACs, then params; higher scores first."""
+    from optuna.distributions import CategoricalDistribution
+    from optuna.trial import create_trial
+
+    from spsearch.search.reports import best_trials
+
+    def trial(number, top1, gmacs, mparams, stage='vanilla'):
+        t = create_trial(state=TrialState.COMPLETE, values=[top1], params={'stage1': stage},
+                         distributions={'stage1': CategoricalDistribution(['vanilla', 'a', 'b', 'c', 'd'])},
+                         user_attrs={'gmacs': gmacs, 'mparams': mparams}, constraints={'gmacs': -0.1})
+        t.number = number
+        return t
+
+    trials = [trial(0, 75.5, 1.9, 8.0, 'a'), trial(1, 75.5 + 1e-12, 1.4, 9.0, 'b'), trial(2, 75.5, 1.4, 7.0, 'c'),
+              trial(3, 76.0, 1.95, 9.0, 'd')]
+    assert [t.number for t in best_trials(trials)] == [3, 2, 1, 0]
+
+
 def test_pareto_front():
     points = [(1.0, 50.0, 'a'), (2.0, 60.0, 'b'), (2.5, 55.0, 'c'), (3.0, 70.0, 'd'), (0.5, 40.0, 'e')]
     assert [p[2] for p in pareto_front(points)] == ['e', 'a', 'b', 'd']
