@@ -552,6 +552,35 @@ def test_synthetic_smoke_data():
     assert same(batches(loaders.val), batches(again.val))  # the content does not depend on the seed
 
 
+def test_holdout_carves_the_validation_images_out_of_the_training_split(tmp_path):
+    """The held-out images: training images (never the test split), the same ones for every seed, disjoint from the
+    training subset; val_samples takes a subset of them; a holdout that leaves nothing to train on is refused."""
+    folder = write_cifar10(tmp_path / 'c', per_batch=20)  # 100 training, 10 test images
+    def pixels(loader):
+        return {tuple(x.flatten().tolist()) for images, _ in batches(loader) for x in images}
+    test = pixels(create_loaders(DataConfig('cifar10', data_dir=str(folder), batch_size=10, augment=False),
+                                 input_size=(3, 32, 32)).val)
+    held = []
+    for seed in (0, 1):
+        cfg = DataConfig('cifar10', data_dir=str(folder), batch_size=10, holdout=30, train_samples=40, seed=seed,
+                         augment=False)
+        loaders = create_loaders(cfg, input_size=(3, 32, 32))
+        assert (loaders.info.num_train, loaders.info.num_val) == (40, 30)
+        assert loaders.info.val_from == '30 training images held out (seed 0)'
+        val, train = pixels(loaders.val), pixels(loaders.train)
+        assert len(val) == 30 and not val & test and not val & train
+        held.append(val)
+    assert held[0] == held[1]
+    sub = create_loaders(DataConfig('cifar10', data_dir=str(folder), batch_size=10, holdout=30, val_samples=12,
+                                    augment=False), input_size=(3, 32, 32))
+    assert pixels(sub.val) < held[0] and len(pixels(sub.val)) == 12
+    with pytest.raises(DataError, match='--holdout 100 leaves no training images of the 100'):
+        dataset_info(DataConfig('cifar10', data_dir=str(folder), holdout=100))
+    synthetic = create_loaders(DataConfig('synthetic', batch_size=8, train_samples=16, holdout=8),
+                               input_size=(3, 8, 8))
+    assert (synthetic.info.num_train, synthetic.info.num_val) == (16, 8)
+
+
 def test_png_without_end_chunk_is_skipped(tmp_path):
     root = write_folder(tmp_path / 'imgs', n_train=2, n_val=1)
     (root / 'train' / 'cat' / 'x.png').write_bytes(b'\x89PNG\r\n\x1a\n' + b'\0' * 20)

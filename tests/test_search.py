@@ -176,7 +176,7 @@ def tiny_study(tmp_path_factory):
     real_train = processes.train
 
     def recording_train(cfg, **kwargs):
-        calls.append(dict(cfg.model_kwargs))
+        calls.append(dict(cfg.model_kwargs, data=cfg.data))
         return real_train(cfg, **kwargs)
 
     processes.train = recording_train
@@ -208,6 +208,19 @@ def test_tiny_study_completes_within_budget_and_skips_over_budget_training(tiny_
     baseline = trials[0]
     assert baseline.user_attrs.get('baseline') and set(baseline.params.values()) == {'alpha=1/2,G=2'}
     assert baseline.user_attrs['status'].startswith('over budget: 0.01807 GMACs > 0.016')
+
+
+def test_no_selection_touches_the_test_split(tiny_study):
+    """Every proxy training is scored on training images held out; the retrain recipe (best.yaml) is judged on the
+    test split; a search without a holdout is refused."""
+    from spsearch.data import dataset_info
+    run, calls, cfg = tiny_study
+    assert calls and all(c['data'].holdout and dataset_info(c['data']).val_from.endswith('training images held out '
+                                                                                          '(seed 0)') for c in calls)
+    best = yaml.safe_load((Path(cfg.output_dir) / 'best.yaml').read_text())
+    assert best['holdout'] is None
+    with pytest.raises(ConfigError, match='--holdout is required'):
+        SearchConfig.from_dict({**TINY, 'holdout': None})
 
 
 def test_tiny_study_reports(tiny_study):

@@ -28,7 +28,9 @@ class DataConfig:
     required for ``imagefolder``; when given, only that folder is searched. ``augment`` is a random
     crop with 1/8-side zero padding + horizontal flip for the small data sets, random-resized crop +
     flip for ``imagefolder``. The validation subset's seed is fixed (0), so runs with different
-    ``seed`` are compared on the same images.
+    ``seed`` are compared on the same images. With ``holdout`` the validation images are that many
+    training images, held out before ``train_samples`` is drawn from the rest; the test split is not
+    read at all.
     """
 
     dataset: str = option('fashion-mnist', choices=DATASET_NAMES, group='data', help='the data set')
@@ -50,6 +52,9 @@ class DataConfig:
                        help='seed of the run: initialisation, training subset, order and augmentation of every epoch')
     download: bool = option(False, group='data',
                             help='allow a torchvision download of Fashion-MNIST/CIFAR when no local copy is found')
+    holdout: int | None = option(None, minimum=1, metavar='N', group='data',
+                                 help='validate on N training images held out (seed 0: the same in every run) instead '
+                                      'of the test split; select on them, keep the test split for the verdict')
     val_split: float = option(0.1, minimum=0, maximum=1, open_min=True, open_max=True, group='data',
                               help='imagefolder without val/: the fraction of each class held out (seeded, fixed)')
     verify_images: bool = option(True, group='data',

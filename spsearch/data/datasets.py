@@ -39,7 +39,7 @@ import torch
 
 from ..errors import DataError
 from .config import DataConfig, DatasetInfo, DataWarning
-from .sampling import HOLDOUT, SYNTHETIC, TRAIN_SUBSET, VAL_SUBSET, generator, subset_indices
+from .sampling import HOLDOUT, SYNTHETIC, TRAIN_HOLDOUT, TRAIN_SUBSET, VAL_SUBSET, generator, subset_indices
 
 __all__ = ['DATASETS', 'FASHION_MNIST_FILES', 'FASHION_MNIST_SYSTEM_DIR', 'IMG_EXTENSIONS', 'ArraySplit',
            'DatasetSpec', 'FileSplit', 'FolderScan', 'check_image_file', 'data_cache_dir', 'dataset_info',
@@ -134,6 +134,11 @@ def _stamp(*paths: Path) -> tuple[tuple[str, int, int], ...]:
 
 
 def _subset_counts(cfg: DataConfig, n_train: int, n_val: int, what: str) -> tuple[int, int]:
+    if cfg.holdout:
+        if cfg.holdout >= n_train:
+            raise DataError(f'--holdout {cfg.holdout} leaves no training images of the {n_train} of {what}; '
+                            f'hold out fewer')
+        n_train, n_val = n_train - cfg.holdout, cfg.holdout
     for k, n, split, flag in ((cfg.train_samples, n_train, 'training', '--train-samples'),
                               (cfg.val_samples, n_val, 'validation', '--val-samples')):
         if k is not None and k > n:
@@ -142,9 +147,18 @@ def _subset_counts(cfg: DataConfig, n_train: int, n_val: int, what: str) -> tupl
     return cfg.train_samples or n_train, cfg.val_samples or n_val
 
 
+def val_source(cfg: DataConfig, source: str) -> str:
+    """Where the validation images come from: ``source`` (the test split, ``val/``), or the training holdout."""
+    return f'{cfg.holdout} training images held out (seed 0)' if cfg.holdout else source
+
+
 def subset_splits(cfg: DataConfig, train: ArraySplit | FileSplit, val: ArraySplit | FileSplit, what: str,
                   ) -> tuple[ArraySplit | FileSplit, ArraySplit | FileSplit]:
-    """Apply ``train_samples`` (seed ``cfg.seed``) and ``val_samples`` (seed 0)."""
+    """Apply ``holdout`` (seed 0), then ``train_samples`` (seed ``cfg.seed``) and ``val_samples`` (seed 0)."""
+    if cfg.holdout:
+        _subset_counts(cfg, len(train), len(val), what)
+        order = torch.randperm(len(train), generator=generator(0, TRAIN_HOLDOUT))
+        train, val = train.subset(order[cfg.holdout:].sort().values), train.subset(order[:cfg.holdout].sort().values)
     t = subset_indices(len(train), cfg.train_samples, seed=cfg.seed, stream=TRAIN_SUBSET,
                        what=f'the training split of {what}', flag='--train-samples')
     v = subset_indices(len(val), cfg.val_samples, seed=0, stream=VAL_SUBSET,
@@ -305,7 +319,7 @@ def _fashion_info(cfg: DataConfig) -> DatasetInfo:
     n_train, n_val = _subset_counts(cfg, counts[0][0], counts[1][0], 'fashion-mnist')
     spec = DATASETS['fashion-mnist']
     return DatasetInfo('fashion-mnist', 10, 1, n_train, n_val, spec.mean, spec.std, (counts[0][1], counts[0][2]),
-                       str(folder), FASHION_MNIST_CLASSES, 0, 'test split (t10k)')
+                       str(folder), FASHION_MNIST_CLASSES, 0, val_source(cfg, 'test split (t10k)'))
 
 
 # ----------------------------------------------------------------------------------------------- CIFAR
@@ -649,15 +663,21 @@ def dataset_info(cfg: DataConfig) -> DatasetInfo:
         folder = find_cifar(cfg.dataset, cfg.data_dir, download=cfg.download)
         train, val, classes = load_cifar(cfg.dataset, folder)
         n_train, n_val = _subset_counts(cfg, len(train), len(val), cfg.dataset)
+        test = 'test split (test_batch)' if cfg.dataset == 'cifar10' else 'test split (test)'
         return DatasetInfo(cfg.dataset, spec.num_classes or 0, 3, n_train, n_val, spec.mean, spec.std, (32, 32),
-                           str(folder), classes, 0, 'test split (test_batch)' if cfg.dataset == 'cifar10' else
-                           'test split (test)')
+                           str(folder), classes, 0, val_source(cfg, test))
     if cfg.dataset == 'imagefolder':
         scan = scan_image_folder(cfg.data_dir, val_split=cfg.val_split, verify=cfg.verify_images, workers=cfg.workers)
         n_train, n_val = _subset_counts(cfg, len(scan.train), len(scan.val), f'imagefolder {scan.root}')
         return DatasetInfo('imagefolder', len(scan.classes), 3, n_train, n_val, spec.mean, spec.std, None,
-                           str(scan.root), scan.classes, len(scan.skipped), scan.val_from)
-    n_train = cfg.train_samples or SYNTHETIC_DEFAULT_SIZES[0]
-    n_val = cfg.val_samples or SYNTHETIC_DEFAULT_SIZES[1]
+                           str(scan.root), scan.classes, len(scan.skipped), val_source(cfg, scan.val_from))
+    n_train, n_val = _subset_counts(cfg, *synthetic_sizes(cfg), 'synthetic')
     return DatasetInfo('synthetic', 10, spec.source_chans, n_train, n_val, spec.mean, spec.std, None, None,
-                       tuple(str(i) for i in range(10)), 0, 'generated (seed 0)')
+                       tuple(str(i) for i in range(10)), 0, val_source(cfg, 'generated (seed 0)'))
+
+
+def synthetic_sizes(cfg: DataConfig) -> tuple[int, int]:
+    """Training and validation images generated for ``synthetic``: ``train_samples`` (plus ``holdout``) and
+    ``val_samples``, or the defaults."""
+    return ((cfg.train_samples or SYNTHETIC_DEFAULT_SIZES[0]) + (cfg.holdout or 0),
+            cfg.val_samples or SYNTHETIC_DEFAULT_SIZES[1])

@@ -24,6 +24,8 @@ from .datasets import (
     make_synthetic,
     scan_image_folder,
     subset_splits,
+    synthetic_sizes,
+    val_source,
 )
 from .loaders import MemoryLoader, TorchArrayLoader, TorchFileLoader, load_image
 from .transforms import BatchTransform, fits_memory, resolve_stats
@@ -54,8 +56,9 @@ def _array_splits(cfg: DataConfig, input_size: tuple[int, int, int]) -> tuple[Ar
     if cfg.dataset == 'synthetic':
         info = dataset_info(cfg)
         spec = DATASETS['synthetic']
-        train, val = make_synthetic(input_size, info.num_train, info.num_val)
-        return train, val, dataclasses.replace(info, source_chans=input_size[0], mean=spec.mean[:1] * input_size[0],
+        t, v = subset_splits(cfg, *make_synthetic(input_size, *synthetic_sizes(cfg)), 'synthetic')
+        assert isinstance(t, ArraySplit) and isinstance(v, ArraySplit)
+        return t, v, dataclasses.replace(info, source_chans=input_size[0], mean=spec.mean[:1] * input_size[0],
                                                std=spec.std[:1] * input_size[0], native_size=input_size[1:])
     info = dataset_info(cfg)
     if cfg.dataset == 'fashion-mnist':
@@ -169,7 +172,7 @@ def create_loaders(cfg: DataConfig, *, input_size: tuple[int, int, int], device:
     assert isinstance(t, FileSplit) and isinstance(v, FileSplit)
     spec = DATASETS['imagefolder']
     info = DatasetInfo('imagefolder', len(scan.classes), 3, len(t), len(v), spec.mean, spec.std, None,
-                       str(scan.root), scan.classes, len(scan.skipped), scan.val_from)
+                       str(scan.root), scan.classes, len(scan.skipped), val_source(cfg, scan.val_from))
     mean_c, std_c = resolve_stats(info.mean, size[0], mean, 'mean'), resolve_stats(info.std, size[0], std, 'std')
     crop = DEFAULT_CROP_PCT if crop_pct is None else float(crop_pct)
     if not 0 < crop <= 1:

@@ -11,12 +11,12 @@ import torch
 
 from ..errors import DataError
 
-__all__ = ['ORDER', 'AUGMENT', 'TRAIN_SUBSET', 'VAL_SUBSET', 'HOLDOUT', 'SYNTHETIC', 'WORKERS',
+__all__ = ['ORDER', 'AUGMENT', 'TRAIN_SUBSET', 'VAL_SUBSET', 'HOLDOUT', 'SYNTHETIC', 'WORKERS', 'TRAIN_HOLDOUT',
            'derive_seed', 'generator', 'subset_indices', 'train_batches', 'train_permutation',
            'train_shard', 'val_shard']
 
 # stream tags: independent random streams drawn from one user seed
-ORDER, AUGMENT, TRAIN_SUBSET, VAL_SUBSET, HOLDOUT, SYNTHETIC, WORKERS = 1, 2, 3, 4, 5, 6, 7
+ORDER, AUGMENT, TRAIN_SUBSET, VAL_SUBSET, HOLDOUT, SYNTHETIC, WORKERS, TRAIN_HOLDOUT = 1, 2, 3, 4, 5, 6, 7, 8
 
 
 def derive_seed(*keys: int) -> int:

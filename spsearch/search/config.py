@@ -27,8 +27,9 @@ _NO_BUDGET = 'leave it out for no budget'
 
 
 def _proxy_recipe() -> TrainConfig:
-    """The default training recipe of a search: SGD 0.1 cosine, batch 128; 4,000 images, validated on 2,000."""
-    return TrainConfig(data=DataConfig(train_samples=4000, val_samples=2000))
+    """The default training recipe of a search: SGD 0.1 cosine, batch 128; 4,000 training images, scored on
+    2,000 other training images held out (never the test split)."""
+    return TrainConfig(data=DataConfig(train_samples=4000, holdout=2000))
 
 
 _SET_PER_RUN = frozenset({'model', 'model_kwargs', 'img_size', 'epochs', 'seed', 'output', 'resume', 'checkpoint',
@@ -119,6 +120,9 @@ class SearchConfig:
             raise ConfigError(f'--study {self.study!r} is invalid: use letters, digits, ".", "_" and "-"')
         if self.sampler == 'nsga2' and not self.multi_objective:
             raise ConfigError('--sampler nsga2 is for --multi-objective; use tpe or random for a single objective')
+        if not self.train.data.holdout:
+            raise ConfigError('--holdout is required: proxy scores select architectures, so they come from training '
+                              'images held out (e.g. --holdout 2000), never from the test split')
         if self.multi_objective and self.mo_metric == 'latency' and not self.measure_latency:
             raise ConfigError('--multi-objective --mo-metric latency needs latency measurements: '
                               'drop --no-measure-latency')
@@ -160,9 +164,13 @@ class SearchConfig:
             epochs=self.proxy_epochs, seed=self.seed, output=None, progress=False, save_checkpoints=False)
 
     def retrain_train_config(self, model_kwargs: dict[str, Any], output: str, experiment: str = '') -> TrainConfig:
-        """The full recipe of a retrain, as ``train.py -c`` takes it (``best.yaml``); progress lines on."""
+        """The full recipe of a retrain, as ``train.py -c`` takes it (``best.yaml``); progress lines on.
+
+        It trains on the training split (the proxy's holdout included) and is judged on the test split,
+        which no selection has seen.
+        """
         return self.train.replace(
-            model=self.model, model_kwargs=dict(model_kwargs), img_size=self.proxy_img_size,
+            model=self.model, model_kwargs=dict(model_kwargs), img_size=self.proxy_img_size, holdout=None,
             train_samples=self.retrain_train_samples, val_samples=self.retrain_val_samples, epochs=self.retrain_epochs,
             seed=self.seed, output=output, progress=True, experiment=experiment)
 

@@ -197,8 +197,9 @@ def _summary(opened: OpenStudy, trials: list[FrozenTrial], written: dict[str, An
     lines += [
         '"GMACs" are 1e9 multiply-accumulates, the SPConv paper\'s "GFLOPs". Costs are counted at '
         f'{"x".join(map(str, space.input_size))}; proxy accuracies come from {cfg.proxy_epochs} epoch(s) on '
-        f'{data.train_samples or "all"} {data.dataset} images at {cfg.proxy_img_size}px, validated on '
-        f'{data.val_samples or "all"}.', '',
+        f'{data.train_samples or "all"} {data.dataset} images at {cfg.proxy_img_size}px, scored on '
+        f'{data.val_samples or data.holdout} training images held out (seed 0), never the test split; precise BN '
+        f'on {cfg.train.precise_bn_batches} batches before each evaluation.', '',
         f'- Model: `{space.model}`, {space.num_stages} stages, {space.size:,} configurations, '
         f'{lo / 1e9:.3f}-{hi / 1e9:.3f} GMACs',
         f'- Budgets: {describe_budgets(cfg.budgets)}',
@@ -240,8 +241,9 @@ def _summary(opened: OpenStudy, trials: list[FrozenTrial], written: dict[str, An
     retrain_csv = opened.output / 'retrain.csv'
     if retrain_csv.exists():
         lines += ['## Retrained with the full recipe', '',
-                  f'{cfg.retrain_epochs} epoch(s) on {cfg.retrain_train_samples or "all"} images, validated on '
-                  f'{cfg.retrain_val_samples or "all"} (`retrain.csv`; runs under `retrain/`).', '']
+                  f'{cfg.retrain_epochs} epoch(s) on {cfg.retrain_train_samples or "all"} training images, tested on '
+                  f'{cfg.retrain_val_samples or "all"} images of the test split (`retrain.csv`; runs under '
+                  f'`retrain/`).', '']
         rows = list(csv.DictReader(retrain_csv.read_text().splitlines()))
         if rows:
             lines.append('| ' + ' | '.join(rows[0]) + ' |')
