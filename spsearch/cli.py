@@ -14,7 +14,7 @@ import yaml
 from .errors import SPSearchError
 
 __all__ = ['ArgumentParser', 'CliError', 'load_yaml_config', 'option_values', 'parse_kwargs', 'parse_with_config',
-           'run_cli']
+           'prog_name', 'run_cli']
 
 
 class CliError(SPSearchError):
@@ -26,6 +26,11 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f'error: {message} (see {self.prog} --help)\n')
+
+
+def prog_name(script: str, module: str) -> str:
+    """How the running command was invoked, for usage lines: ``python -m <module>`` or the script's name."""
+    return f'python -m {module}' if Path(sys.argv[0]).name == '__main__.py' else script
 
 
 def run_cli(main: Callable[[], int | None]) -> int:
@@ -90,7 +95,8 @@ def parse_with_config(parser: argparse.ArgumentParser, argv: Sequence[str] | Non
     ``-c``), so a caller can merge values that flags extend rather than replace (``--model-kwargs``).
 
     Raises:
-        CliError: On a config key that is not an option of ``parser``.
+        CliError: On a config key that is not an option of ``parser`` (``-c``, ``--help`` and positional
+            arguments such as ``search.py``'s mode are not options a file can set).
     """
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument('-c', '--config', default=None)
@@ -98,7 +104,7 @@ def parse_with_config(parser: argparse.ArgumentParser, argv: Sequence[str] | Non
     config: dict[str, Any] = {}
     if known.config:
         config = load_yaml_config(known.config)
-        valid = {a.dest for a in parser._actions}
+        valid = {a.dest for a in parser._actions if a.option_strings and a.dest not in ('help', 'config')}
         unknown = sorted(set(config) - valid)
         if unknown:
             raise CliError(f'config file {known.config} has unknown key(s) {", ".join(unknown)}; '

@@ -267,6 +267,14 @@ def validate(obj: Any) -> None:
         object.__setattr__(obj, f.name, value)
 
 
+def _or_none(kind: type) -> Any:
+    """An argparse ``type`` that reads ``none``/``null`` as None (an optional option's "unset") and else ``kind``."""
+    def parse(text: str) -> Any:
+        return None if text.strip().lower() in ('none', 'null') else kind(text)
+    parse.__name__ = kind.__name__  # argparse names the type in its error message
+    return parse
+
+
 def _iter_groups(fields: tuple[FlatField, ...]) -> Iterator[tuple[str, list[FlatField]]]:
     groups: dict[str, list[FlatField]] = {}
     for f in fields:
@@ -284,7 +292,7 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, defaults: Any = No
         group = parser.add_argument_group(title)
         for f in fields:
             o = f.option
-            tp, _ = _optional(f.type)
+            tp, optional = _optional(f.type)
             default = _get(defaults, f.path)
             shown = default if not isinstance(default, (tuple, list)) else ' '.join(map(str, default))
             hidden = default is None or isinstance(default, (bool, dict)) or default == ''
@@ -300,7 +308,9 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, defaults: Any = No
                 kwargs.update(nargs=o.nargs or '+', type=item if item in (int, float) else str)
                 kwargs['default'] = list(default) if default is not None else None
             elif tp in (int, float):
-                kwargs['type'] = tp
+                kwargs['type'] = _or_none(tp) if optional else tp
+            elif tp is str and optional:
+                kwargs['type'] = _or_none(str)
             elif o.nargs is not None:
                 kwargs.update(nargs=o.nargs, const=o.const)
             if o.choices is not None:

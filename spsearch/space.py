@@ -33,7 +33,6 @@ import math
 import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from fractions import Fraction
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
@@ -42,7 +41,7 @@ import torch
 
 from .cost import Count, analytic_count, analytic_site_counts
 from .errors import ConfigError
-from .models import VANILLA, StageSpec, format_alpha, format_stage_values, list_sp_models, parse_alpha, stage_specs
+from .models import VANILLA, StageSpec, format_alpha, format_stage_values, parse_alpha, parse_groups, stage_specs
 from .ops import sp_split
 
 if TYPE_CHECKING:
@@ -93,7 +92,7 @@ class StageChoice:
             key_g, groups = groups_part.split('=')
             if (key_a, key_g) != ('alpha', 'G'):
                 raise ValueError(label)
-            return cls(float(Fraction(alpha)), int(groups))
+            return cls(parse_alpha(alpha), parse_groups(groups))
         except ValueError:
             raise ConfigError(f'{label!r} is not a stage choice: expected "vanilla" or e.g. "alpha=1/2,G=2"') from None
 
@@ -108,14 +107,15 @@ def _create(model: str, **kwargs: Any) -> torch.nn.Module:
 
 
 def _stages_of(model: str, num_classes: int | None) -> tuple[StageSpec, ...]:
-    """The stage description of an SP model name, or a one-line ``ConfigError``."""
-    if model not in list_sp_models():
-        if timm.is_model(model):
-            raise ConfigError(f'model {model!r} has no per-stage SPConv settings (sp_alpha/sp_groups): choose an SP '
-                              f'model such as sp_resnet34 (spsearch.list_sp_models())')
+    """The stage description of a registered SP model (any family, in this package or not), or a one-line error."""
+    if not timm.is_model(model):
         raise ConfigError(f'unknown model {model!r}: choose an SP model (spsearch.list_sp_models(), e.g. '
                           f'sp_resnet34)')
-    return stage_specs(model, **({} if num_classes is None else {'num_classes': num_classes}))
+    try:
+        return stage_specs(model, **({} if num_classes is None else {'num_classes': num_classes}))
+    except (ValueError, TypeError):
+        raise ConfigError(f'model {model!r} has no per-stage SPConv settings (sp_alpha/sp_groups, sp_stages()): '
+                          f'choose an SP model such as sp_resnet34 (spsearch.list_sp_models())') from None
 
 
 def _exact_split(stage: StageSpec, alpha: float, groups: int) -> bool:
@@ -441,12 +441,13 @@ def _cost_tables(model: str, stages: Sequence[StageSpec], choices: Sequence[Sequ
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m spsearch.space --model sp_resnet34 --budget-gflops 2.0``: what a search space holds."""
-    import argparse
+    from .cli import ArgumentParser
 
-    parser = argparse.ArgumentParser(description='Describe the per-stage alpha/G search space of an SP model: '
-                                                 'choices, size and exact GMACs/params extremes.')
+    parser = ArgumentParser(prog='python -m spsearch.space',
+                            description='Describe the per-stage alpha/G search space of an SP model: choices, size '
+                                        'and exact GMACs/params extremes.')
     parser.add_argument('--model', default='sp_resnet34')
-    parser.add_argument('--alphas', nargs='+', default=['vanilla', '1', '1/2', '1/4', '1/8', '1/16'])
+    parser.add_argument('--alphas', nargs='+', default=[format_alpha(a) for a in ALPHA_CHOICES])
     parser.add_argument('--groups', nargs='+', type=int, default=list(GROUP_CHOICES))
     parser.add_argument('--eval-img-size', type=int, default=None)
     parser.add_argument('--budget-gflops', type=float, default=None, help='also give the share of the space within it')

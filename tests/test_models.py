@@ -287,13 +287,13 @@ def sp_wrn16_2(pretrained: bool = False, **kwargs) -> CifarResNet:
 """
 
 ADD_FAMILY_CHECK = """
-import importlib, sys
-import spsearch.models as models
-models.__path__.append(sys.argv[1])  # as if the file were in spsearch/models/
-importlib.import_module('spsearch.models.sp_wrn')
+import sys
+import spsearch, spsearch.models as models
+assert spsearch.__file__.startswith(sys.argv[1]), spsearch.__file__  # the copy with the new module
 import timm
 from spsearch.cost import profile_model
 from spsearch.space import SearchSpace
+assert 'spsearch.models.sp_wrn' in [f.__name__ for f in models.FAMILIES]  # found, imported, registered
 assert 'sp_wrn16_2' in models.list_sp_models()
 space = SearchSpace.build('sp_wrn16_2')
 assert space.num_stages == 3 and space.cost(space.paper_arch()) == space.cost_direct(space.paper_arch())
@@ -305,11 +305,15 @@ print('family ok', space)
 
 @pytest.mark.slow  # a fresh process, so the registry of this one stays as it is
 def test_adding_a_family_is_one_module(tmp_path):
-    """A family module (blocks, stage description and registrations) and nothing else: timm builds it, the
-    space, the cost tables and the counters take it."""
+    """A family module (blocks, stage description and registrations) dropped into spsearch/models/ and nothing
+    else: the package finds and registers it, timm builds it, the space, the cost tables and the counters take it."""
+    import shutil
     import subprocess
     import sys
-    (tmp_path / 'sp_wrn.py').write_text(WRN_FAMILY)
+
+    from helpers import ROOT
+    shutil.copytree(ROOT / 'spsearch', tmp_path / 'spsearch', ignore=shutil.ignore_patterns('__pycache__'))
+    (tmp_path / 'spsearch' / 'models' / 'sp_wrn.py').write_text(WRN_FAMILY)
     done = subprocess.run([sys.executable, '-c', ADD_FAMILY_CHECK, str(tmp_path)], capture_output=True, text=True,
-                          timeout=300)
+                          timeout=300, cwd=tmp_path)
     assert done.returncode == 0 and 'family ok' in done.stdout, done.stderr[-2000:]

@@ -361,6 +361,31 @@ def test_resume_with_other_settings_is_refused(tiny_study, capsys):
     assert len(optuna.load_study(study_name=run.study.study_name, storage=run.study._storage).get_trials()) == before
 
 
+def test_report_and_retrain_take_the_study_s_own_settings(tiny_study, capsys, tmp_path):
+    """``report`` needs only where the study is: the space, budgets and recipes are the ones stored with it."""
+    run, _, cfg = tiny_study
+    code, err = _cli(['report', '--output', cfg.output_dir, '--study', run.study.study_name], capsys)
+    assert code == 0, err
+    summary = (Path(cfg.output_dir) / 'summary.md').read_text()
+    assert '- Budgets: 0.016 GMACs' in summary and 'sp_resnet20' in summary
+    code, err = _cli(['report', '--output', str(tmp_path / 'none')], capsys)
+    assert code == 2 and 'no study at' in err and 'resume' not in err.split(';')[0]
+
+
+def test_a_study_with_trials_but_no_stored_settings_is_refused(tmp_path, capsys):
+    """A study an earlier version made (other attribute names) is not continued unchecked."""
+    study = optuna.create_study(storage=f'sqlite:///{tmp_path}/study.db', study_name='old', direction='maximize')
+    study.add_trial(optuna.trial.create_trial(value=50.0, params={}, distributions={}))
+    code, err = _cli([*TINY_ARGS, '--budget-gflops', '0.016', '--output', str(tmp_path), '--study', 'old'], capsys)
+    assert code == 2 and 'no stored settings' in err
+
+
+def test_a_config_file_cannot_set_the_mode(tmp_path, capsys):
+    (tmp_path / 'c.yaml').write_text('mode: report\nbudget_gflops: 0.016\n')
+    code, err = _cli(['-c', str(tmp_path / 'c.yaml'), *TINY_ARGS], capsys)
+    assert code == 2 and 'unknown key(s) mode' in err
+
+
 def test_help_names_the_mac_convention(capsys):
     with pytest.raises(SystemExit) as info:
         search_cli.build_parser().parse_args(['--help'])

@@ -166,3 +166,19 @@ def test_forward_does_no_channel_arithmetic_or_module_construction(monkeypatch):
 def test_dtype_and_device_arguments():
     m = SPConv2d(8, 8, dtype=torch.float64, device='meta')
     assert all(p.dtype == torch.float64 and p.device.type == 'meta' for p in m.parameters())
+
+
+def test_fold_batchnorms_leaves_an_spconv_with_other_norms_unfolded():
+    """A group-normed SPConv: its output BN cannot move into the convs before the group norms; the function holds."""
+    torch.manual_seed(0)
+    seq = nn.Sequential(SPConv2d(8, 8, norm_layer=lambda c, **kw: nn.GroupNorm(2, c, **kw)), nn.BatchNorm2d(8))
+    randomize_bn(seq)
+    seq.eval()
+    x = torch.randn(2, 8, 6, 6)
+    with torch.no_grad():
+        ref = seq(x)
+        folded = fold_batchnorms(seq)
+        torch.testing.assert_close(folded(x), ref)
+    assert isinstance(folded[1], nn.BatchNorm2d)
+    with pytest.raises(ValueError, match='only batch norms fold'):
+        seq[0].fold_output_bn(seq[1])

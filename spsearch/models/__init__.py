@@ -64,16 +64,16 @@ def list_sp_models(filter: str = '', include_tags: bool = False) -> list[str]:
 
 
 def stage_specs(model: str | nn.Module, **kwargs: Any) -> tuple[StageSpec, ...]:
-    """The stage description of an SP model instance, or of a registered SP model name.
+    """The stage description of an SP model instance, or of a registered model name (any SP family).
 
     A name is built once on the ``meta`` device (no memory, no initialisation) with ``kwargs``.
 
     Raises:
-        ValueError: If the name is not a registered SP model, or the model has no stage description.
+        ValueError: If the model has no stage description (it is not an SP model).
+        TypeError: If a registered model does not take ``kwargs``.
+        RuntimeError: If the name is not a registered timm model.
     """
     if isinstance(model, str):
-        if model not in list_sp_models():
-            raise ValueError(f'{model!r} is not an SP model; choose one of {", ".join(list_sp_models())}')
         with torch.device('meta'):
             model = timm.create_model(model, **kwargs)
     if not isinstance(model, SPStagedModel):

@@ -26,6 +26,8 @@ def _fold_pair(conv: nn.Module, bn: nn.Module) -> bool:
     if not isinstance(bn, _BN) or bn.running_var is None:
         return False
     if isinstance(conv, SPConv2d):
+        if not conv.can_fold_output_bn():
+            return False
         conv.fold_output_bn(bn)
         return True
     if isinstance(conv, nn.Conv2d):

@@ -231,6 +231,11 @@ class SPConv2d(nn.Module):
             scale_conv_(self.conv1x1, *bn_affine(self.bn2))
             self.bn2 = nn.Identity()
 
+    def can_fold_output_bn(self) -> bool:
+        """Whether both branch norms are batch norms (or folded already), as ``fold_output_bn`` needs."""
+        return all(isinstance(n, (nn.modules.batchnorm._BatchNorm, nn.Identity))
+                   for n in (self.bn1, self.bn2) if n is not None)
+
     @torch.no_grad()
     def fold_output_bn(self, bn: nn.modules.batchnorm._BatchNorm) -> None:
         """Fold a batch norm applied to this module's output into it, in place.
@@ -238,7 +243,14 @@ class SPConv2d(nn.Module):
         Both branches take the norm's scale and shift, and the fusion's gate is rescaled so the
         branch weights are unchanged (see ``SoftmaxFusion.fold_output_affine``). The caller
         replaces ``bn`` by ``nn.Identity()``. Reparameterizes first.
+
+        Raises:
+            ValueError: If a branch norm is not a batch norm (``can_fold_output_bn``): a scale folded into
+                the convs before, say, a group norm would change the function.
         """
+        if not self.can_fold_output_bn():
+            raise ValueError(f'cannot fold an output batch norm into an SPConv2d whose branch norms are '
+                             f'{type(self.bn1).__name__}; only batch norms fold')
         self.reparameterize()
         scale, shift = bn_affine(bn)
         scale_conv_(self.gwc, scale, shift)

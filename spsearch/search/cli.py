@@ -9,7 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..cli import ArgumentParser, option_values, parse_with_config, run_cli
+from ..cli import ArgumentParser, option_values, parse_with_config, prog_name, run_cli
 from ..options import add_arguments
 from .config import MODES, SearchConfig
 
@@ -36,7 +36,7 @@ best.yaml (python train.py -c best.yaml), summary.md, retrain.csv, and the study
 
 def build_parser() -> argparse.ArgumentParser:
     """The parser: ``mode``, ``-c FILE`` and one flag per ``SearchConfig`` option, in its groups."""
-    parser = ArgumentParser(prog='search.py', description=DESCRIPTION, epilog=EXAMPLES,
+    parser = ArgumentParser(prog=prog_name('search.py', 'spsearch.search'), description=DESCRIPTION, epilog=EXAMPLES,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('mode', nargs='?', default='search', choices=MODES,
                         help='search (default), retrain the winners of an existing study, or report only')

@@ -12,7 +12,9 @@ from typing import Any
 
 from ..data.config import DataConfig
 from ..errors import ConfigError
+from ..models import format_alpha
 from ..options import flat_fields, from_flat, nested, option, to_flat, validate
+from ..space import ALPHA_CHOICES, GROUP_CHOICES
 from ..train.config import TrainConfig
 
 __all__ = ['MODES', 'MO_METRICS', 'PRUNERS', 'SAMPLERS', 'SearchConfig']
@@ -48,11 +50,11 @@ class SearchConfig:
     """
 
     model: str = option('sp_resnet34', group='search space', help='base SP model (spsearch.list_sp_models())')
-    alphas: list[str] = option(default_factory=lambda: ['vanilla', '1', '1/2', '1/4', '1/8', '1/16'],
+    alphas: list[str] = option(default_factory=lambda: [format_alpha(a) for a in ALPHA_CHOICES],
                                metavar='A', group='search space',
                                help='split-ratio choices per stage (vanilla for a plain conv)')
-    groups: list[int] = option(default_factory=lambda: [1, 2, 4, 8], minimum=1, metavar='G', group='search space',
-                               help='group-count choices per stage')
+    groups: list[int] = option(default_factory=lambda: list(GROUP_CHOICES), minimum=1, metavar='G',
+                               group='search space', help='group-count choices per stage')
     eval_img_size: int | None = option(None, minimum=1, metavar='PX', group='search space',
                                        help="resolution of the GMACs/params/latency evaluation (default: the "
                                             "model's, 224)")

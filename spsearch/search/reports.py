@@ -15,12 +15,14 @@ from __future__ import annotations
 import csv
 import io
 import math
+import shlex
 from pathlib import Path
 from typing import Any
 
 from optuna.trial import FrozenTrial, TrialState
 
 from ..io import atomic_write, atomic_write_text, atomic_write_yaml
+from ..models import format_alpha
 from ..provenance import markdown_header, provenance
 from .budgets import describe_budgets
 from .record import TrialRecord
@@ -54,7 +56,7 @@ def trial_rows(trials: list[FrozenTrial], num_stages: int) -> list[dict[str, Any
         row: dict[str, Any] = {'number': t.number, 'state': t.state.name}
         for i in range(num_stages):
             a = alphas[i] if i < len(alphas) else None
-            row[f'alpha{i + 1}'] = '' if a is None else (a if isinstance(a, str) else f'{a:g}')
+            row[f'alpha{i + 1}'] = '' if a is None else (a if isinstance(a, str) else format_alpha(a))
             row[f'groups{i + 1}'] = '' if a is None or a == 'vanilla' else groups[i]
         duration = (t.datetime_complete - t.datetime_start).total_seconds() \
             if t.datetime_complete and t.datetime_start else None
@@ -251,5 +253,7 @@ def _summary(opened: OpenStudy, trials: list[FrozenTrial], written: dict[str, An
             lines += ['| ' + ' | '.join(r.values()) + ' |' for r in rows]
             lines.append('')
     if 'best' in written:
-        lines += [f'Retrain the best configuration yourself: `python train.py -c {written["best"]}`.', '']
+        best_yaml = shlex.quote(str(written['best']))
+        lines += [f'Retrain the best configuration yourself: `python train.py -c {best_yaml} --output runs/train/NAME` '
+                  f'(its own output folder is the search\'s retrain of it).', '']
     return '\n'.join(lines)

@@ -147,8 +147,8 @@ def open_storage(spec: StorageSpec, *, must_exist: bool = False) -> BaseStorage:
     """
     file = spec.file
     if file is not None and must_exist and not file.exists():
-        raise ConfigError(f'no study to resume: {file} does not exist; run without --resume to start one, or '
-                          f'pass the --output/--storage of the study to continue')
+        raise ConfigError(f'no study at {file}: it does not exist; pass the --output/--storage of an existing study '
+                          f'(or start one: search without --resume)')
     if file is not None and not file.parent.exists() and file.parent != Path(''):
         if spec.kind == 'journal' or must_exist:
             raise ConfigError(f'cannot open storage {spec.display()}: folder {file.parent} does not exist')

@@ -151,6 +151,10 @@ def open_search(cfg: SearchConfig, *, log: Any = print, command: str | None = No
     if exists:
         existing_study = optuna.load_study(study_name=cfg.study_name, storage=storage)
         stored = existing_study.user_attrs.get(_IDENTITY)
+        if stored is None and existing_study.get_trials(deepcopy=False):
+            raise ConfigError(f'study {cfg.study_name!r} in {spec.display()} has trials but no stored settings to '
+                              f'check against (an earlier SPSearch made it); continue it with that version, or start '
+                              f'a new --study/--output')
         if stored is not None:
             diffs = _identity_diff(stored, identity)
             if diffs:
@@ -207,18 +211,30 @@ def _holds(names: list[str]) -> str:
     return f' (it holds: {", ".join(names)})' if names else ' (it holds no study)'
 
 
+_THIS_RUN = frozenset({'output', 'storage', 'study', 'progress', 'retrain_top', 'retrain_epochs',
+                       'retrain_train_samples', 'retrain_val_samples', 'retrain_processes'})
+"""Options ``retrain`` and ``report`` take from their own command line; the rest come from the study."""
+
+
 def open_existing(cfg: SearchConfig) -> OpenStudy:
     """Open ``cfg``'s study, which must exist (``retrain``, ``report``); nothing is written.
 
+    The space, budgets and recipes are the study's own (the configuration stored when it was created);
+    this run's options give only where the study is and how to retrain (``_THIS_RUN``).
+
     Raises:
-        SPSearchError: If the space, the storage or the study cannot be opened.
+        SPSearchError: If the storage or the study cannot be opened, or its stored configuration is invalid.
     """
-    space, notes = _space(cfg)
-    output = Path(cfg.output_dir)
-    spec = StorageSpec(cfg.storage, output)
+    spec = StorageSpec(cfg.storage, Path(cfg.output_dir))
     storage, names = _study_names(spec, must_exist=True)
     if cfg.study_name not in names:
         raise ConfigError(f'no study named {cfg.study_name!r} in {spec.display()}{_holds(names)}; pass --study NAME')
+    stored = optuna.load_study(study_name=cfg.study_name, storage=storage).user_attrs.get(_CONFIG)
+    if isinstance(stored, dict):
+        mine = cfg.to_dict()
+        cfg = SearchConfig.from_dict({**stored, **{k: mine[k] for k in _THIS_RUN}, 'study': cfg.study_name},
+                                     source=f'the stored configuration of study {cfg.study_name!r}')
+    space, notes = _space(cfg)
     study = optuna.load_study(study_name=cfg.study_name, storage=storage, sampler=_sampler(cfg, cfg.seed),
                               pruner=_pruner(cfg))
-    return OpenStudy(cfg, space, spec, study, output, notes)
+    return OpenStudy(cfg, space, spec, study, Path(cfg.output_dir), notes)

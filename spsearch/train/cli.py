@@ -8,7 +8,7 @@ import argparse
 import sys
 from datetime import datetime
 
-from ..cli import ArgumentParser, option_values, parse_with_config, run_cli
+from ..cli import ArgumentParser, option_values, parse_with_config, prog_name, run_cli
 from ..options import add_arguments
 from .config import TrainConfig
 
@@ -32,7 +32,7 @@ and summary.json."""
 
 def build_parser() -> argparse.ArgumentParser:
     """The parser: ``-c FILE`` and one flag per ``TrainConfig`` option, in its groups."""
-    parser = ArgumentParser(prog='train.py', description=DESCRIPTION, epilog=EXAMPLES,
+    parser = ArgumentParser(prog=prog_name('train.py', 'spsearch.train'), description=DESCRIPTION, epilog=EXAMPLES,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('-c', '--config', metavar='FILE', help='YAML file of option: value (flags override it)')
     add_arguments(parser, TrainConfig)
@@ -40,10 +40,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def resolve_config(argv: list[str] | None = None) -> TrainConfig:
-    """Parse ``-c`` YAML then flags into a validated ``TrainConfig`` (default output: a timestamped folder)."""
+    """Parse ``-c`` YAML then flags into a validated ``TrainConfig``.
+
+    Without ``--output`` (flag or YAML) the run writes to a new timestamped folder; ``--output none``
+    writes nothing.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_with_config(build_parser(), argv)
     values = option_values(args, TrainConfig)
-    if values['output'] is None and not values['evaluate_only']:
+    given = 'output' in args.config_values or any(a == '--output' or a.startswith('--output=') for a in argv)
+    if values['output'] is None and not given and not values['evaluate_only']:
         stamp = datetime.now().strftime('%Y%m%d-%H%M%S')
         values['output'] = f'runs/train/{values["dataset"]}-{values["model"]}-{stamp}'
     return TrainConfig.from_dict(values, source=args.config or 'options')
