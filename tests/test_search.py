@@ -238,7 +238,7 @@ def test_tiny_study_reports(tiny_study):
     assert best['model_kwargs'] == {k: list(v) for k, v in run.space.model_kwargs(
         run.space.from_optuna_params(top.params)).items()}
     summary = (out / 'summary.md').read_text()
-    assert '1e9 multiply-accumulates' in summary and '| paper |' in summary and 'Machine:' in summary
+    assert '1e9 multiply-accumulates' in summary and '| paper (alpha 1/2, G 2) |' in summary and 'Machine:' in summary
     assert yaml.safe_load((out / 'search.yaml').read_text())['budget_gflops'] == 0.016
 
 
@@ -394,23 +394,40 @@ def test_help_names_the_mac_convention(capsys):
 
 
 @pytest.mark.slow
-def test_retrain_mode_trains_best_yaml_and_the_paper_baseline(tiny_study, capsys):
+def test_verify_retrains_finalists_and_baselines_on_paired_seeds(tiny_study, capsys):
+    """``verify``: the best finalist, the paper's, the best uniform and a random in-budget architecture, each on the
+    same seeds, judged on the test split; per-candidate intervals, paired comparisons with verdicts, the plot."""
     run, _, cfg = tiny_study
     out = Path(cfg.output_dir)
-    code, err = _cli(['retrain', *TINY_ARGS, '--budget-gflops', '0.016', '--output', str(out), '--retrain-top', '1',
-                      '--retrain-epochs', '1', '--retrain-train-samples', '64', '--retrain-val-samples', '64'], capsys)
+    code, err = _cli(['verify', '--output', str(out), '--study', run.study.study_name, '--retrain-top', '1',
+                      '--retrain-seeds', '2', '--retrain-epochs', '1', '--retrain-train-samples', '64',
+                      '--retrain-val-samples', '64'], capsys)
     assert code == 0, err
     best = yaml.safe_load((out / 'best.yaml').read_text())
     run_dir = Path(best['output'])
-    assert run_dir.parent == out / 'retrain'
+    assert run_dir.parent.parent == out / 'retrain' and run_dir.name == f'seed-{cfg.seed}'
     assert (run_dir / 'model.safetensors').stat().st_size > 0 and (run_dir / 'last.pth').exists()
     assert yaml.safe_load((run_dir / 'args.yaml').read_text()) == best  # trained from exactly best.yaml's recipe
+    assert best['holdout'] is None  # judged on the test split
     rows = list(csv.DictReader((out / 'retrain.csv').open()))
-    assert [r['name'] for r in rows] == [run_dir.name, 'paper'] and all(r['status'] == 'trained' for r in rows)
-    assert rows[1]['config'] == 'alpha (1/2, 1/2, 1/2) G (2, 2, 2)' and float(rows[1]['final_top1']) >= 0
-    assert (out / 'retrain' / 'paper' / 'model.safetensors').exists()
-    assert '## Retrained with the full recipe' in (out / 'summary.md').read_text()
-    assert len(run.study.get_trials()) == 8  # the retrain mode adds no trial
+    assert all(r['status'] == 'trained' for r in rows)
+    roles = {r['name']: r['role'] for r in rows}
+    assert roles[run_dir.parent.name] == 'finalist' and roles['paper'] == 'paper' and 'random' in roles.values()
+    assert {r['seed'] for r in rows} == {str(cfg.seed), str(cfg.seed + 1)}
+    paper_rows = [r for r in rows if r['name'] == 'paper']
+    assert len(paper_rows) == 2 and paper_rows[0]['config'] == 'alpha (1/2, 1/2, 1/2) G (2, 2, 2)'
+    verify = list(csv.DictReader((out / 'verify.csv').open()))
+    assert {v['name'] for v in verify} == set(roles) and all(v['seeds'] == '2' for v in verify)
+    comparisons = list(csv.DictReader((out / 'comparisons.csv').open()))
+    assert [c['baseline'] for c in comparisons] == [n for n in roles if roles[n] != 'finalist']
+    assert all(c['verdict'] in ('beats', 'matches', 'loses') for c in comparisons)
+    summary = (out / 'summary.md').read_text()
+    assert '## Verification: retrained on paired seeds, judged on the test split' in summary
+    assert '| verdict |' in summary
+    assert (out / 'verify.png').read_bytes()[:4] == b'\x89PNG'
+    lines = search_cli.verdict_lines(out)  # what the command prints last
+    assert len(lines) == len(comparisons) and all(line.startswith('verdict: ') for line in lines)
+    assert len(run.study.get_trials()) == 8  # verification adds no trial
 
 
 def test_default_preset_is_the_embedded_default():

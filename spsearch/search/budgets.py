@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,8 +24,9 @@ from ..io import atomic_write_json
 from ..space import Architecture, SearchSpace
 
 __all__ = [
-    'BUDGET_FLAGS', 'Costs', 'LatencyCache', 'check_latency_budget', 'check_space_budgets', 'constraints',
-    'describe_budgets', 'latency_bounds', 'latency_protocol', 'measure_config_latency', 'violations',
+    'BUDGET_FLAGS', 'Costs', 'LatencyCache', 'best_uniform', 'check_latency_budget', 'check_space_budgets',
+    'constraints', 'describe_budgets', 'latency_bounds', 'latency_protocol', 'measure_config_latency',
+    'random_in_budget', 'violations',
 ]
 
 BUDGET_FLAGS = {'gmacs': '--budget-gflops', 'mparams': '--budget-params', 'latency_ms': '--budget-latency-ms'}
@@ -73,6 +75,37 @@ def check_space_budgets(space: SearchSpace, budgets: dict[str, float]) -> list[s
             notes.append(f'every configuration meets {BUDGET_FLAGS[key]} {budget:g} (the space spans '
                          f'{low / scale:.4g}-{high / scale:.4g} {_UNITS[key]}): it constrains nothing')
     return notes
+
+
+def _within(space: SearchSpace, arch: Architecture, budgets: dict[str, float]) -> bool:
+    """Whether ``arch`` meets the MAC and parameter budgets (latency needs a measurement)."""
+    cost = space.cost(arch)
+    return all(v <= 0 for v in constraints(Costs(cost.macs / 1e9, cost.params / 1e6), budgets).values())
+
+
+def best_uniform(space: SearchSpace, budgets: dict[str, float]) -> Architecture | None:
+    """The uniform architecture (one choice in every stage) that uses the most of the MAC budget.
+
+    The equal-budget baseline a per-stage search must beat: of the choices every stage allows, the
+    one whose uniform architecture meets the MAC and parameter budgets with the most MACs (ties:
+    fewer parameters). None when no uniform architecture fits.
+    """
+    common = [c for c in space.choices[0] if all(c in allowed for allowed in space.choices[1:])]
+    fitting = [arch for arch in ((c,) * space.num_stages for c in common) if _within(space, arch, budgets)]
+    if not fitting:
+        return None
+    return max(fitting, key=lambda a: (space.cost(a).macs, -space.cost(a).params))
+
+
+def random_in_budget(space: SearchSpace, budgets: dict[str, float], rng: random.Random,
+                     tries: int = 100_000) -> Architecture | None:
+    """A uniformly random architecture of the space within the MAC and parameter budgets (rejection
+    sampling; None if ``tries`` draws find none)."""
+    for _ in range(tries):
+        arch = space.sample(rng)
+        if _within(space, arch, budgets):
+            return arch
+    return None
 
 
 def constraints(costs: Costs, budgets: dict[str, float]) -> dict[str, float]:

@@ -22,7 +22,7 @@ EXAMPLES = """Examples:
     python search.py --budget-latency-ms 40 --latency-device cpu --budget-gflops 2.5
     python search.py -c configs/search/default.yaml --n-trials 80
     python search.py --budget-gflops 2.0 --multi-objective    # accuracy vs GMACs with NSGA-II (no pruning)
-    python search.py retrain --budget-gflops 2.0 --retrain-top 3   # retrain the winners of an existing study
+    python search.py verify --budget-gflops 2.0 --retrain-seeds 5  # verify an existing study again, 5 paired seeds
     python search.py report --output runs/search/x --study x  # rewrite the reports of a study
     accelerate launch --multi_gpu --num_processes 2 search.py --budget-gflops 2.0   # N processes train each trial
     python search.py --storage postgresql://user:pw@host/db --study s1 ...  # run on many machines: one study
@@ -39,7 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(prog=prog_name('search.py', 'spsearch.search'), description=DESCRIPTION, epilog=EXAMPLES,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('mode', nargs='?', default='search', choices=MODES,
-                        help='search (default), retrain the winners of an existing study, or report only')
+                        help='search (default: search, verify, report), verify (alias: retrain) the finalists of an '
+                             'existing study on paired seeds, or report only')
     parser.add_argument('-c', '--config', metavar='FILE', help='YAML file of option: value (flags override it)')
     add_arguments(parser, SearchConfig)
     return parser
@@ -72,16 +73,28 @@ def main(argv: list[str] | None = None) -> int:
 
     if mode == 'report':
         opened = run.report(cfg)
-    elif mode == 'retrain':
+    elif mode in ('verify', 'retrain'):
         opened = run.retrain(cfg)
     else:
         found = run.search(cfg, command=command_line())
         if found is None:
             return 0
         opened = found
-    print(f'reports: {opened.output}/summary.md (trials.csv, pareto_*.png, best.yaml); study '
+    for line in verdict_lines(opened.output):
+        print(line, flush=True)
+    print(f'reports: {opened.output}/summary.md (trials.csv, pareto_*.png, verify.png, best.yaml); study '
           f'{opened.study.study_name!r} in {opened.spec.display()}', flush=True)
     return 0
+
+
+def verdict_lines(output: Path) -> list[str]:
+    """One line per comparison of the verification (``comparisons.csv``), for the end of the run."""
+    import csv
+    path = output / 'comparisons.csv'
+    rows = list(csv.DictReader(path.read_text().splitlines())) if path.exists() else []
+    return [f'verdict: {r["finalist"]} {r["verdict"]} {r["baseline"]} (top-1 difference {float(r["difference"]):+.2f} '
+            f'points, 95 % CI [{r["ci95_low"]}, {r["ci95_high"]}], {r["seeds"]} paired seeds, at '
+            f'{float(r["macs_ratio"]):.2f}x its GMACs)' for r in rows]
 
 
 if __name__ == '__main__':

@@ -19,7 +19,7 @@ from ..train.config import TrainConfig
 
 __all__ = ['MODES', 'MO_METRICS', 'PRUNERS', 'SAMPLERS', 'SearchConfig']
 
-MODES = ('search', 'retrain', 'report')
+MODES = ('search', 'verify', 'retrain', 'report')
 PRUNERS = ('sh', 'hyperband', 'median', 'none')
 SAMPLERS = ('auto', 'tpe', 'random', 'nsga2')
 MO_METRICS = ('gmacs', 'latency')
@@ -105,9 +105,13 @@ class SearchConfig:
                           help='continue an existing study (interrupted trials re-run)')
     progress: bool = option(True, group='storage and output', help='a line per trial and epoch')
     retrain_top: int = option(1, minimum=0, metavar='K', group='retrain',
-                              help="retrain the K best feasible configurations and the paper's (0: skip)")
+                              help="verify the K best feasible architectures against the paper's, the best uniform "
+                                   "one and a random in-budget one, retrained on paired seeds (0: skip)")
     retrain_epochs: int = option(3, minimum=1, group='retrain', help='epochs of each retrain')
-    retrain_train_samples: int | None = option(10000, minimum=1, metavar='N', group='retrain',
+    retrain_seeds: int = option(3, minimum=1, group='retrain',
+                                help='seeds of every retrained architecture, the same for all (paired); the mean '
+                                     '+- 95 %% CI and the verdicts need >= 2')
+    retrain_train_samples: int | None = option(6000, minimum=1, metavar='N', group='retrain',
                                                help='training images of each retrain (none: all)')
     retrain_val_samples: int | None = option(5000, minimum=1, metavar='N', group='retrain',
                                              help='validation images of each retrain (none: all)')
@@ -165,7 +169,8 @@ class SearchConfig:
             model=self.model, model_kwargs=dict(model_kwargs or {}), img_size=self.proxy_img_size,
             epochs=self.proxy_epochs, seed=self.seed, output=None, progress=False, save_checkpoints=False)
 
-    def retrain_train_config(self, model_kwargs: dict[str, Any], output: str, experiment: str = '') -> TrainConfig:
+    def retrain_train_config(self, model_kwargs: dict[str, Any], output: str, experiment: str = '',
+                             seed: int | None = None) -> TrainConfig:
         """The full recipe of a retrain, as ``train.py -c`` takes it (``best.yaml``); progress lines on.
 
         It trains on the training split (the proxy's holdout included) and is judged on the test split,
@@ -174,7 +179,7 @@ class SearchConfig:
         return self.train.replace(
             model=self.model, model_kwargs=dict(model_kwargs), img_size=self.proxy_img_size, holdout=None,
             train_samples=self.retrain_train_samples, val_samples=self.retrain_val_samples, epochs=self.retrain_epochs,
-            seed=self.seed, output=output, progress=True, experiment=experiment)
+            seed=self.seed if seed is None else seed, output=output, progress=True, experiment=experiment)
 
     def identity(self) -> dict[str, Any]:
         """Settings a resumed study must keep (budgets, objective, proxy recipe, latency protocol)."""

@@ -78,7 +78,8 @@ class Objective:
         record.update(trial, sp_alpha=list(kwargs['sp_alpha']), sp_groups=list(kwargs['sp_groups']),
                       gmacs=costs.gmacs, mparams=costs.mparams)
         head = (f'trial {trial.number} [{self._finished() + 1}/{cfg.n_trials}] {space.format(arch)}'
-                f'{" (paper baseline)" if record.baseline else ""} | {costs.gmacs:.3f} GMACs {costs.mparams:.2f}M')
+                f'{f" ({record.baseline} baseline)" if record.baseline else ""} | {costs.gmacs:.3f} GMACs '
+                f'{costs.mparams:.2f}M')
         over = self._record_constraints(trial, costs)
         if over:
             return self._over_budget(trial, record, head, over)

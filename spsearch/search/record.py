@@ -25,7 +25,8 @@ class TrialRecord:
     """A trial's SPSearch attributes (Optuna user attributes; None/False: not recorded).
 
     Attributes:
-        baseline: The paper's configuration, enqueued as the study's baseline (and its retries).
+        baseline: ``paper`` (alpha 1/2, G 2) or ``uniform`` (the best uniform architecture within the budgets): a
+            baseline enqueued by the study (and its retries); empty for the others.
         retry_of: The number of the interrupted trial this one re-runs with the same parameters.
         worker: ``{'host', 'pid', 'started'}`` of the process that ran it (``storage.this_worker``).
         status: One human line: ``complete``, ``over budget: ...``, ``pruned after epoch 1``, ...
@@ -46,7 +47,7 @@ class TrialRecord:
         duplicate_of: The earlier trial with the same parameters whose result this one reuses.
     """
 
-    baseline: bool = False
+    baseline: str = ''
     retry_of: int | None = None
     worker: dict[str, Any] | None = None
     status: str = ''

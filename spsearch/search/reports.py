@@ -140,10 +140,12 @@ def _plot(path: Path, points: list[tuple[float, float, Any]], front: list[tuple[
     fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
     ax.scatter([p[0] for p in points], [p[1] for p in points], s=18, color='0.6', label='feasible trials')
     ax.plot([p[0] for p in front], [p[1] for p in front], '-o', color='tab:red', ms=5, label='Pareto front')
-    paper = [p for p in points if TrialRecord.of(p[2]).baseline]
-    if paper:
-        ax.scatter([p[0] for p in paper], [p[1] for p in paper], marker='*', s=160, color='tab:blue',
-                   zorder=5, label='paper: alpha 1/2, G 2')
+    for kind, color, text in (('paper', 'tab:blue', 'paper: alpha 1/2, G 2'),
+                              ('uniform', 'tab:green', 'best uniform within the budget')):
+        marked = [p for p in points if TrialRecord.of(p[2]).baseline == kind]
+        if marked:
+            ax.scatter([p[0] for p in marked], [p[1] for p in marked], marker='*', s=160, color=color, zorder=5,
+                       label=text)
     if budget is not None:
         ax.axvline(budget, color='k', ls='--', lw=1, label=f'budget {budget:g}')
     ax.set_xlabel(label)
@@ -176,8 +178,9 @@ def write_reports(opened: OpenStudy, search_wall_s: float | None = None, total_w
         t = best[0]
         arch = space.from_optuna_params(t.params)
         recipe = cfg.retrain_train_config(
-            {k: list(v) for k, v in space.model_kwargs(arch).items()}, str(out / 'retrain' / f'trial-{t.number}'),
-            experiment=f'search {opened.study.study_name} trial-{t.number}')
+            {k: list(v) for k, v in space.model_kwargs(arch).items()},
+            str(out / 'retrain' / f'trial-{t.number}' / f'seed-{cfg.seed}'),
+            experiment=f'search {opened.study.study_name} trial-{t.number} seed {cfg.seed}')
         atomic_write_yaml(out / 'best.yaml', recipe.to_dict())
         written['best'] = out / 'best.yaml'
     atomic_write_text(out / 'summary.md', _summary(opened, trials, written, search_wall_s, total_wall_s))
@@ -219,12 +222,18 @@ def _summary(opened: OpenStudy, trials: list[FrozenTrial], written: dict[str, An
         lines.append(f'- Search and retrain wall time (this run, after start-up): {total / 60:.1f} min')
     lines.append('')
     best = best_trials(trials)
-    paper = [t for t in trials if TrialRecord.of(t).baseline and t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
-    lines += ['## Best configuration vs the paper\'s (alpha 1/2, G 2) at the same budget', '',
-              '| | trial | configuration | GMACs | M params | latency (ms) | proxy top-1 (%) | feasible |',
+    finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+
+    def baseline(kind: str) -> FrozenTrial | None:
+        return next((t for t in finished if TrialRecord.of(t).baseline == kind), None)
+
+    lines += ['## The search\'s best against the baselines, proxy scores', '',
+              'Proxy scores rank; they do not verify (one short training, one seed): the verification below does.',
+              '', '| | trial | configuration | GMACs | M params | latency (ms) | proxy top-1 (%) | feasible |',
               '|---|---|---|---|---|---|---|---|']
-    picks: list[tuple[str, FrozenTrial | None]] = [('best', best[0] if best else None),
-                                                   ('paper', paper[0] if paper else None)]
+    picks: list[tuple[str, FrozenTrial | None]] = [
+        ('best', best[0] if best else None), ('paper (alpha 1/2, G 2)', baseline('paper')),
+        ('best uniform within the budget', baseline('uniform'))]
     for name, pick in picks:
         if pick is None:
             lines.append(f'| {name} | - | none | | | | | |')
@@ -240,20 +249,72 @@ def _summary(opened: OpenStudy, trials: list[FrozenTrial], written: dict[str, An
         if info:
             lines += [f'![{key}]({info["png"].name})', '', f'Pareto front: `{info["csv"].name}` '
                       f'({len(info["front"])} configurations).', '']
-    retrain_csv = opened.output / 'retrain.csv'
-    if retrain_csv.exists():
-        lines += ['## Retrained with the full recipe', '',
-                  f'{cfg.retrain_epochs} epoch(s) on {cfg.retrain_train_samples or "all"} training images, tested on '
-                  f'{cfg.retrain_val_samples or "all"} images of the test split (`retrain.csv`; runs under '
-                  f'`retrain/`).', '']
-        rows = list(csv.DictReader(retrain_csv.read_text().splitlines()))
-        if rows:
-            lines.append('| ' + ' | '.join(rows[0]) + ' |')
-            lines.append('|' + '---|' * len(rows[0]))
-            lines += ['| ' + ' | '.join(r.values()) + ' |' for r in rows]
-            lines.append('')
+    lines += _verification(opened, written)
     if 'best' in written:
         best_yaml = shlex.quote(str(written['best']))
         lines += [f'Retrain the best configuration yourself: `python train.py -c {best_yaml} --output runs/train/NAME` '
                   f'(its own output folder is the search\'s retrain of it).', '']
     return '\n'.join(lines)
+
+
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    return list(csv.DictReader(path.read_text().splitlines())) if path.exists() else []
+
+
+def _table(rows: list[dict[str, str]], columns: list[str]) -> list[str]:
+    return ['| ' + ' | '.join(columns) + ' |', '|' + '---|' * len(columns),
+            *('| ' + ' | '.join(r.get(c, '') for c in columns) + ' |' for r in rows), '']
+
+
+def _verification(opened: OpenStudy, written: dict[str, Any]) -> list[str]:
+    """The verification section: per candidate mean +- CI, the comparisons and their verdicts, the plot."""
+    cfg, out = opened.cfg, opened.output
+    per, comparisons = _read_csv(out / 'verify.csv'), _read_csv(out / 'comparisons.csv')
+    if not per:
+        return []
+    lines = ['## Verification: retrained on paired seeds, judged on the test split', '',
+             f'Each architecture retrained {cfg.retrain_seeds} time(s) with the same seeds ({cfg.seed}, '
+             f'{cfg.seed} + 1, ...), {cfg.retrain_epochs} epoch(s) on {cfg.retrain_train_samples or "all"} training '
+             f'images, top-1 of the last epoch on {cfg.retrain_val_samples or "all"} images of the test split (which '
+             f'no selection saw). Mean and 95 % Student-t interval over seeds (`verify.csv`; every run in '
+             f'`retrain.csv`, under `retrain/`).', '']
+    lines += _table(per, ['name', 'role', 'config', 'gmacs', 'mparams', 'seeds', 'mean_top1', 'ci95_low', 'ci95_high',
+                          'top1_per_seed'])
+    if comparisons:
+        lines += ['The best finalist against each baseline, paired by seed: mean difference of top-1 (points) with '
+                  'its 95 % interval, paired t-test and Wilcoxon p, t p Holm-adjusted over these comparisons. '
+                  '"beats" only when the interval lies above 0, "loses" below, "matches" otherwise; `macs_ratio` is '
+                  'the finalist\'s GMACs over the baseline\'s (<= 1: at equal or lower cost).', '']
+        lines += _table(comparisons, ['finalist', 'baseline', 'macs_ratio', 'seeds', 'difference', 'ci95_low',
+                                      'ci95_high', 'p_t', 'p_wilcoxon', 'p_holm', 'verdict'])
+    if cfg.retrain_seeds < 2:
+        lines += ['One seed per architecture: no interval, every verdict "matches". Use --retrain-seeds 3 or more.',
+                  '']
+    png = out / 'verify.png'
+    _plot_verification(png, per, opened.study.study_name)
+    written['verify_png'] = png
+    lines += [f'![verification]({png.name})', '']
+    return lines
+
+
+def _plot_verification(path: Path, per: list[dict[str, str]], title: str) -> None:
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
+    colors = {'finalist': 'tab:red', 'paper': 'tab:blue', 'uniform': 'tab:green', 'random': '0.4'}
+    for row in per:
+        x, mean = float(row['gmacs']), float(row['mean_top1'])
+        low, high = float(row['ci95_low']), float(row['ci95_high'])
+        yerr = None if math.isnan(low) else [[mean - low], [high - mean]]
+        ax.errorbar([x], [mean], yerr=yerr, fmt='o', capsize=4, color=colors.get(row['role'], 'k'),
+                    label=f'{row["name"]} ({row["role"]})')
+    ax.set_xlabel('GMACs (1e9 multiply-accumulates)')
+    ax.set_ylabel('test top-1 (%), mean and 95 % CI over seeds')
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format='png'))
+    plt.close(fig)

@@ -1,28 +1,69 @@
-"""Retrain the winners of a study, and the paper's alpha 1/2 baseline, with the full recipe.
+"""Verify a study's answer: retrain its finalists, its baselines and a random control on paired seeds.
 
-Each run is ``accelerate launch -m spsearch.train -c <name>.yaml`` in a subprocess (a clean process
+The candidates: the ``retrain_top`` best feasible architectures (proxy ranking), the paper's alpha
+1/2, G 2, the best uniform architecture within the budgets (``budgets.best_uniform``: one alpha and
+G in every stage, using the most of the MAC budget) and one random in-budget architecture (the
+control a search must beat to be worth its cost). Each is retrained ``retrain_seeds`` times with
+the same seeds (``seed``, ``seed + 1``, ...), so runs with one seed form pairs, on the training split
+(the proxy holdout included) and judged by the final epoch's top-1 on the test split, which no
+selection has seen. ``stats`` turns the runs into means with 95 % intervals and paired comparisons
+of the best finalist against each baseline (``verify.csv``, ``comparisons.csv``; ``reports`` puts
+them in ``summary.md`` with a plot).
+
+Each run is ``accelerate launch -m spsearch.train -c <run>.yaml`` in a subprocess (a clean process
 per run: no memory carried over, the library's own training entry point, which an installed copy
-has too), in ``<output>/retrain/<name>/``.
-A run that finished is skipped; an interrupted one continues with ``--resume``. The
-final accuracies go side by side into ``retrain.csv`` (and ``summary.md``).
+has too), in ``<output>/retrain/<candidate>/seed-<seed>/``. A run that finished is skipped; an
+interrupted one continues with ``--resume``. Every run is a row of ``retrain.csv``.
 """
 from __future__ import annotations
 
 import json
 import os
+import random
 import subprocess
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from optuna.trial import FrozenTrial
+
 from ..io import atomic_write_text, atomic_write_yaml
 from ..space import Architecture
+from .budgets import best_uniform, random_in_budget
 from .record import TrialRecord
 from .reports import best_trials, csv_text, proxy_top1
+from .stats import compare, estimate, holm
 from .study import OpenStudy
 
-__all__ = ['clean_env', 'launch_command', 'retrain_winners']
+__all__ = ['Candidate', 'candidates', 'clean_env', 'launch_command', 'retrain_winners']
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """An architecture to verify, and why: ``finalist`` (of the search), ``paper``, ``uniform`` or ``random``."""
+
+    name: str
+    role: str
+    arch: Architecture
+    trial: FrozenTrial | None = None
+
+
+def candidates(opened: OpenStudy, top: int) -> list[Candidate]:
+    """The finalists, then the baselines and the random control (an architecture appears once, first role)."""
+    cfg, space = opened.cfg, opened.space
+    trials = opened.trials()
+    by_baseline = {TrialRecord.of(t).baseline: t for t in reversed(trials) if TrialRecord.of(t).baseline}
+    out = [Candidate(f'trial-{t.number}', 'finalist', space.from_optuna_params(t.params), t)
+           for t in best_trials(trials, top)]
+    wanted: list[tuple[str, Architecture | None]] = [
+        ('paper', space.paper_arch()), ('uniform', best_uniform(space, cfg.budgets)),
+        ('random', random_in_budget(space, cfg.budgets, random.Random(cfg.seed)))]
+    for role, arch in wanted:
+        if arch is not None and all(c.arch != arch for c in out):
+            out.append(Candidate(role, role, arch, by_baseline.get(role)))
+    return out
 
 
 def launch_command(config_yaml: Path, processes: int, resume: bool) -> list[str]:
@@ -64,59 +105,108 @@ def _finished(run_dir: Path, recipe: dict[str, Any]) -> dict[str, Any] | None:
         data = json.loads(summary.read_text())
     except (OSError, ValueError):
         return None
-    if data.get('epochs_run') == recipe['epochs'] and data.get('config', {}).get('model_kwargs') == \
-            recipe['model_kwargs'] and not data.get('stopped_by'):
+    config = data.get('config', {})
+    if data.get('epochs_run') == recipe['epochs'] and config.get('model_kwargs') == recipe['model_kwargs'] \
+            and config.get('seed') == recipe['seed'] and not data.get('stopped_by'):
         return data
     return None
 
 
-def retrain_winners(opened: OpenStudy, log: Callable[[str], None], top: int | None = None) -> list[dict[str, Any]]:
-    """Retrain the ``top`` best feasible architectures of a study and the paper's; write ``retrain.csv``."""
+def _cost(opened: OpenStudy, arch: Architecture) -> tuple[float, float]:
+    count = opened.space.cost(arch) if opened.space.contains(arch) else opened.space.cost_direct(arch)
+    return round(count.macs / 1e9, 4), round(count.params / 1e6, 4)
+
+
+def _run(opened: OpenStudy, cand: Candidate, seed: int, processes: int, log: Callable[[str], None]
+         ) -> tuple[Path, dict[str, Any] | None, str]:
+    """One retrain of ``cand`` with ``seed`` (skipped when done, resumed when interrupted)."""
     cfg, space = opened.cfg, opened.space
-    top = cfg.retrain_top if top is None else top
-    trials = opened.trials()
-    jobs: list[tuple[str, Architecture, Any]] = [(f'trial-{t.number}', space.from_optuna_params(t.params), t)
-                                           for t in best_trials(trials, top)]
-    paper = space.paper_arch()
-    if not any(config == paper for _, config, _ in jobs):
-        paper_trial = next((t for t in trials if TrialRecord.of(t).baseline), None)
-        jobs.append(('paper', paper, paper_trial))
-    if not jobs:
+    run_dir = opened.output / 'retrain' / cand.name / f'seed-{seed}'
+    kwargs = {k: list(v) for k, v in space.model_kwargs(cand.arch).items()}
+    recipe = cfg.retrain_train_config(kwargs, str(run_dir), experiment=f'search {opened.study.study_name} '
+                                      f'{cand.name} seed {seed}', seed=seed).to_dict()
+    done = _finished(run_dir, recipe)
+    if done is not None:
+        return run_dir, done, 'done before'
+    config_yaml = run_dir.parent / f'seed-{seed}.yaml'
+    atomic_write_yaml(config_yaml, recipe)
+    cmd = launch_command(config_yaml, processes, resume=(run_dir / 'last.pth').exists())
+    log(f'retrain {cand.name} ({cand.role}) seed {seed}: {space.format(cand.arch)} | {" ".join(cmd[1:])}')
+    code = subprocess.run(cmd, env={**clean_env(), 'PYTHONUNBUFFERED': '1'}, check=False).returncode
+    done = _finished(run_dir, recipe)
+    return run_dir, done, 'trained' if done is not None else f'failed (exit code {code})'
+
+
+def retrain_winners(opened: OpenStudy, log: Callable[[str], None], top: int | None = None) -> list[dict[str, Any]]:
+    """Retrain the candidates (``candidates``) on ``retrain_seeds`` paired seeds; write ``retrain.csv`` (a row per
+    run), ``verify.csv`` (a row per candidate: mean top-1 and its 95 % interval) and ``comparisons.csv`` (the best
+    finalist against each baseline: paired difference, tests, Holm-adjusted p, verdict)."""
+    cfg = opened.cfg
+    cands = candidates(opened, cfg.retrain_top if top is None else top)
+    if not cands:
         return []
     processes = cfg.retrain_processes or _default_processes()
-    root = opened.output / 'retrain'
-    rows = []
-    for name, config, trial in jobs:
-        run_dir = root / name
-        kwargs = {k: list(v) for k, v in space.model_kwargs(config).items()}
-        recipe = cfg.retrain_train_config(kwargs, str(run_dir), experiment=f'search {opened.study.study_name} {name}')
-        recipe_dict = recipe.to_dict()
-        done = _finished(run_dir, recipe_dict)
-        status = 'done before'
-        if done is None:
-            config_yaml = root / f'{name}.yaml'
-            atomic_write_yaml(config_yaml, recipe_dict)
-            resume = (run_dir / 'last.pth').exists()
-            cmd = launch_command(config_yaml, processes, resume)
-            log(f'retrain {name}: {space.format(config)} | {" ".join(cmd[1:])}')
-            env = {**clean_env(), 'PYTHONUNBUFFERED': '1'}
-            code = subprocess.run(cmd, env=env, check=False).returncode
-            done = _finished(run_dir, recipe_dict)
-            status = 'trained' if done is not None else f'failed (exit code {code})'
-        cost = space.cost(config)
-        row = {
-            'name': name, 'trial': getattr(trial, 'number', ''), 'paper_baseline': config == paper,
-            'config': space.format(config), 'gmacs': round(cost.macs / 1e9, 4), 'mparams': round(cost.params / 1e6, 4),
-            'latency_ms': '' if trial is None or TrialRecord.of(trial).latency_ms is None
-            else round(TrialRecord.of(trial).latency_ms or 0, 3),
-            'proxy_top1': '' if trial is None or proxy_top1(trial) is None else round(proxy_top1(trial) or 0, 2),
-            'final_top1': '' if done is None else round(done['final_top1'], 2),
-            'best_top1': '' if done is None else round(done['best_top1'], 2),
-            'epochs': '' if done is None else done['epochs_run'],
-            'wall_s': '' if done is None else round(done['wall_s'], 1),
-            'status': status, 'output': str(run_dir),
-        }
-        rows.append(row)
-        log(f'retrain {name}: {status}' + (f', final top1 {row["final_top1"]}' if done else ''))
+    seeds = [cfg.seed + i for i in range(cfg.retrain_seeds)]
+    rows, scores = [], {}
+    for cand in cands:
+        gmacs, mparams = _cost(opened, cand.arch)
+        record = TrialRecord.of(cand.trial) if cand.trial is not None else TrialRecord()
+        top1 = proxy_top1(cand.trial) if cand.trial is not None else None
+        finals = []
+        for seed in seeds:
+            run_dir, done, status = _run(opened, cand, seed, processes, log)
+            rows.append({
+                'name': cand.name, 'role': cand.role, 'seed': seed, 'trial': getattr(cand.trial, 'number', ''),
+                'config': opened.space.format(cand.arch), 'gmacs': gmacs, 'mparams': mparams,
+                'latency_ms': '' if record.latency_ms is None else round(record.latency_ms, 3),
+                'proxy_top1': '' if top1 is None else round(top1, 2),
+                'final_top1': '' if done is None else round(done['final_top1'], 2),
+                'best_top1': '' if done is None else round(done['best_top1'], 2),
+                'epochs': '' if done is None else done['epochs_run'],
+                'wall_s': '' if done is None else round(done['wall_s'], 1), 'status': status, 'output': str(run_dir)})
+            log(f'retrain {cand.name} seed {seed}: {status}'
+                + (f', final top1 {done["final_top1"]:.2f}' if done else ''))
+            if done is not None:
+                finals.append(float(done['final_top1']))
+        if len(finals) == len(seeds):
+            scores[cand.name] = finals
     atomic_write_text(opened.output / 'retrain.csv', csv_text(rows))
+    _write_statistics(opened, cands, scores)
     return rows
+
+
+def _write_statistics(opened: OpenStudy, cands: list[Candidate], scores: dict[str, list[float]]) -> None:
+    """``verify.csv`` and ``comparisons.csv`` from the final top-1 of every candidate's runs."""
+    per = []
+    for cand in cands:
+        if cand.name not in scores:
+            continue
+        est = estimate(scores[cand.name])
+        gmacs, mparams = _cost(opened, cand.arch)
+        per.append({'name': cand.name, 'role': cand.role, 'config': opened.space.format(cand.arch), 'gmacs': gmacs,
+                    'mparams': mparams, 'seeds': est.n, 'mean_top1': round(est.mean, 3),
+                    'ci95_low': round(est.low, 3), 'ci95_high': round(est.high, 3),
+                    'top1_per_seed': ' '.join(f'{v:.2f}' for v in scores[cand.name])})
+    atomic_write_text(opened.output / 'verify.csv', csv_text(per))
+    best = next((c for c in cands if c.role == 'finalist' and c.name in scores), None)
+    baselines = [c for c in cands if c.role != 'finalist' and c.name in scores]
+    if best is None or not baselines:
+        atomic_write_text(opened.output / 'comparisons.csv', '')
+        return
+    results = [compare(scores[best.name], scores[b.name]) for b in baselines]
+    adjusted = holm([r.p_t for r in results])
+    best_gmacs = _cost(opened, best.arch)[0]
+    rows = []
+    for base, result, p_holm in zip(baselines, results, adjusted, strict=True):
+        base_gmacs = _cost(opened, base.arch)[0]
+        d = result.difference
+        rows.append({'finalist': best.name, 'baseline': base.name, 'finalist_gmacs': best_gmacs,
+                     'baseline_gmacs': base_gmacs, 'macs_ratio': round(best_gmacs / base_gmacs, 4),
+                     'seeds': d.n, 'difference': round(d.mean, 3), 'ci95_low': round(d.low, 3),
+                     'ci95_high': round(d.high, 3), 'p_t': _p(result.p_t), 'p_wilcoxon': _p(result.p_wilcoxon),
+                     'p_holm': _p(p_holm), 'verdict': result.verdict})
+    atomic_write_text(opened.output / 'comparisons.csv', csv_text(rows))
+
+
+def _p(value: float) -> Any:
+    return '' if value != value else round(value, 4)  # nan -> blank

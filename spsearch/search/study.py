@@ -7,8 +7,9 @@ reports and the retrain work from.
 
 A new study gets, in order: its settings guard (``identity``: the space, budgets, objective, proxy
 recipe and latency protocol, which a later run must share to continue it), the command and the
-configuration it was started with, its metric names, and the paper's alpha 1/2, G 2 as the first,
-enqueued trial (its baseline).
+configuration it was started with, its metric names, and its two baselines as the first, enqueued
+trials: the paper's alpha 1/2, G 2 and the best uniform architecture within the budgets
+(``budgets.best_uniform``), proxy-evaluated like every candidate and never pruned.
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from optuna.trial import TrialState
 from ..errors import ConfigError
 from ..io import atomic_write_yaml
 from ..space import SearchSpace
-from .budgets import LatencyCache, check_latency_budget, check_space_budgets, latency_protocol
+from .budgets import LatencyCache, best_uniform, check_latency_budget, check_space_budgets, latency_protocol
 from .config import SearchConfig
 from .record import TrialRecord
 from .storage import StorageSpec, open_storage, worker_alive
@@ -199,19 +200,21 @@ def _initialise(study: optuna.Study, space: SearchSpace, cfg: SearchConfig, iden
     with warnings.catch_warnings():
         warnings.simplefilter('ignore', optuna.exceptions.ExperimentalWarning)
         study.set_metric_names(['proxy_top1', cfg.mo_metric] if cfg.multi_objective else ['proxy_top1'])
-    paper = space.paper_arch()
+    paper, uniform = space.paper_arch(), best_uniform(space, cfg.budgets)
     if space.contains(paper):
-        study.enqueue_trial(space.optuna_params(paper), user_attrs=TrialRecord().as_user_attrs(baseline=True))
+        study.enqueue_trial(space.optuna_params(paper), user_attrs=TrialRecord().as_user_attrs(baseline='paper'))
     else:
         notes.append(f'the paper configuration ({space.format(paper)}) is not in this space, so it is no '
                      f'trial; it is still retrained as the baseline')
+    if uniform is not None and uniform != paper:
+        study.enqueue_trial(space.optuna_params(uniform), user_attrs=TrialRecord().as_user_attrs(baseline='uniform'))
 
 
 def _holds(names: list[str]) -> str:
     return f' (it holds: {", ".join(names)})' if names else ' (it holds no study)'
 
 
-_THIS_RUN = frozenset({'output', 'storage', 'study', 'progress', 'retrain_top', 'retrain_epochs',
+_THIS_RUN = frozenset({'output', 'storage', 'study', 'progress', 'retrain_top', 'retrain_epochs', 'retrain_seeds',
                        'retrain_train_samples', 'retrain_val_samples', 'retrain_processes'})
 """Options ``retrain`` and ``report`` take from their own command line; the rest come from the study."""
 
