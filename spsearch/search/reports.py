@@ -24,7 +24,7 @@ from optuna.trial import FrozenTrial, TrialState
 from ..io import atomic_write, atomic_write_text, atomic_write_yaml
 from ..models import format_alpha
 from ..provenance import markdown_header, provenance
-from .budgets import describe_budgets
+from .budgets import best_uniform, describe_budgets
 from .record import TrialRecord
 from .study import OpenStudy
 
@@ -133,11 +133,7 @@ def _pareto(opened: OpenStudy, trials: list[FrozenTrial], metric: str, label: st
 
 def _plot(path: Path, points: list[tuple[float, float, Any]], front: list[tuple[float, float, Any]], metric: str,
           label: str, budget: float | None, title: str) -> None:
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
+    fig, ax = _axes()
     ax.scatter([p[0] for p in points], [p[1] for p in points], s=18, color='0.6', label='feasible trials')
     ax.plot([p[0] for p in front], [p[1] for p in front], '-o', color='tab:red', ms=5, label='Pareto front')
     for kind, color, text in (('paper', 'tab:blue', 'paper: alpha 1/2, G 2'),
@@ -148,8 +144,22 @@ def _plot(path: Path, points: list[tuple[float, float, Any]], front: list[tuple[
                        label=text)
     if budget is not None:
         ax.axvline(budget, color='k', ls='--', lw=1, label=f'budget {budget:g}')
-    ax.set_xlabel(label)
-    ax.set_ylabel('proxy top-1 (%)')
+    _save(fig, ax, path, label, 'proxy top-1 (%)', title)
+
+
+def _axes() -> tuple[Any, Any]:
+    """A figure and its axes for a report plot (matplotlib's file-only backend)."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    return plt.subplots(figsize=(6.4, 4.4), dpi=120)
+
+
+def _save(fig: Any, ax: Any, path: Path, xlabel: str, ylabel: str, title: str) -> None:
+    """Label, grid and legend, then write the PNG atomically and free the figure."""
+    import matplotlib.pyplot as plt
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
@@ -231,9 +241,11 @@ def _summary(opened: OpenStudy, trials: list[FrozenTrial], written: dict[str, An
               'Proxy scores rank; they do not verify (one short training, one seed): the verification below does.',
               '', '| | trial | configuration | GMACs | M params | latency (ms) | proxy top-1 (%) | feasible |',
               '|---|---|---|---|---|---|---|---|']
+    same = best_uniform(space, cfg.budgets) == space.paper_arch()
     picks: list[tuple[str, FrozenTrial | None]] = [
         ('best', best[0] if best else None), ('paper (alpha 1/2, G 2)', baseline('paper')),
-        ('best uniform within the budget', baseline('uniform'))]
+        ('best uniform within the budget' + (" (= the paper's)" if same else ''),
+         baseline('paper' if same else 'uniform'))]
     for name, pick in picks:
         if pick is None:
             lines.append(f'| {name} | - | none | | | | | |')
@@ -272,10 +284,10 @@ def _verification(opened: OpenStudy, written: dict[str, Any]) -> list[str]:
     per, comparisons = _read_csv(out / 'verify.csv'), _read_csv(out / 'comparisons.csv')
     if not per:
         return []
+    seeds = ', '.join(str(cfg.seed + i) for i in range(cfg.retrain_seeds))
     lines = ['## Verification: retrained on paired seeds, judged on the test split', '',
-             f'Each architecture retrained {cfg.retrain_seeds} time(s) with the same seeds ({cfg.seed}, '
-             f'{cfg.seed} + 1, ...), {cfg.retrain_epochs} epoch(s) on {cfg.retrain_train_samples or "all"} training '
-             f'images, top-1 of the last epoch on {cfg.retrain_val_samples or "all"} images of the test split (which '
+             f'Each architecture retrained {cfg.retrain_seeds} time(s) with the same seeds ({seeds}), '
+             f'{cfg.retrain_epochs} epoch(s) on {cfg.retrain_train_samples or "all"} training images, top-1 of the last epoch on {cfg.retrain_val_samples or "all"} images of the test split (which '
              f'no selection saw). Mean and 95 % Student-t interval over seeds (`verify.csv`; every run in '
              f'`retrain.csv`, under `retrain/`).', '']
     lines += _table(per, ['name', 'role', 'config', 'gmacs', 'mparams', 'seeds', 'mean_top1', 'ci95_low', 'ci95_high',
@@ -298,11 +310,7 @@ def _verification(opened: OpenStudy, written: dict[str, Any]) -> list[str]:
 
 
 def _plot_verification(path: Path, per: list[dict[str, str]], title: str) -> None:
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
+    fig, ax = _axes()
     colors = {'finalist': 'tab:red', 'paper': 'tab:blue', 'uniform': 'tab:green', 'random': '0.4'}
     for row in per:
         x, mean = float(row['gmacs']), float(row['mean_top1'])
@@ -310,11 +318,4 @@ def _plot_verification(path: Path, per: list[dict[str, str]], title: str) -> Non
         yerr = None if math.isnan(low) else [[mean - low], [high - mean]]
         ax.errorbar([x], [mean], yerr=yerr, fmt='o', capsize=4, color=colors.get(row['role'], 'k'),
                     label=f'{row["name"]} ({row["role"]})')
-    ax.set_xlabel('GMACs (1e9 multiply-accumulates)')
-    ax.set_ylabel('test top-1 (%), mean and 95 % CI over seeds')
-    ax.set_title(title, fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format='png'))
-    plt.close(fig)
+    _save(fig, ax, path, 'GMACs (1e9 multiply-accumulates)', 'test top-1 (%), mean and 95 % CI over seeds', title)
