@@ -287,9 +287,10 @@ def _verification(opened: OpenStudy, written: dict[str, Any]) -> list[str]:
     seeds = ', '.join(str(cfg.seed + i) for i in range(cfg.retrain_seeds))
     lines = ['## Verification: retrained on paired seeds, judged on the test split', '',
              f'Each architecture retrained {cfg.retrain_seeds} time(s) with the same seeds ({seeds}), '
-             f'{cfg.retrain_epochs} epoch(s) on {cfg.retrain_train_samples or "all"} training images, top-1 of the last epoch on {cfg.retrain_val_samples or "all"} images of the test split (which '
-             f'no selection saw). Mean and 95 % Student-t interval over seeds (`verify.csv`; every run in '
-             f'`retrain.csv`, under `retrain/`).', '']
+             f'{cfg.retrain_epochs} epoch(s) on {cfg.retrain_train_samples or "all"} training images, top-1 of the '
+             f'last epoch on {cfg.retrain_val_samples or "all"} images of the test split (which no selection saw). '
+             f'Mean and 95 % Student-t interval over seeds (`verify.csv`; every run in `retrain.csv`, under '
+             f'`retrain/`).', '']
     lines += _table(per, ['name', 'role', 'config', 'gmacs', 'mparams', 'seeds', 'mean_top1', 'ci95_low', 'ci95_high',
                           'top1_per_seed'])
     if comparisons:
