@@ -13,6 +13,9 @@ from typing import Any
 
 import yaml
 
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
 __all__ = ['atomic_write', 'atomic_write_bytes', 'atomic_write_json', 'atomic_write_text', 'atomic_write_yaml']
 
 
@@ -31,6 +34,7 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[str], None]) -> 
     fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
     os.close(fd)
     try:
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes it 0600; the file gets the permissions open() would give
         write(tmp)
         with open(tmp, 'rb') as f:
             os.fsync(f.fileno())

@@ -17,7 +17,7 @@ __all__ = ['build_parser', 'main', 'resolve_config']
 
 DESCRIPTION = 'Search per-stage SPConv split ratio alpha and groups G under FLOP, parameter and latency budgets.'
 EXAMPLES = """Examples:
-    python search.py --budget-gflops 2.0                      # the default search (<= 20 min on 2 CPU cores)
+    python search.py --budget-gflops 2.0                      # the default search (~30 min on 2 CPU cores)
     python search.py --budget-gflops 2.0 --resume             # continue it after an interruption
     python search.py --budget-latency-ms 40 --latency-device cpu --budget-gflops 2.5
     python search.py -c configs/search/default.yaml --n-trials 80

@@ -84,8 +84,8 @@ class SearchConfig:
                                 'training)')
     timeout: float | None = option(780.0, minimum=0, metavar='S', group='optimisation', hint='0: no limit',
                                    help='start no new trial after S seconds of search (the default keeps the '
-                                        'default search within 20 minutes on 2 CPU cores; 0: no limit; --resume '
-                                        'completes a study cut short)')
+                                        'default search and its verification within 30 minutes on 2 CPU cores; '
+                                        '0: no limit; --resume completes a study cut short)')
     sampler: str = option('auto', choices=SAMPLERS, group='optimisation',
                           help='auto: TPE, or NSGA-II with --multi-objective')
     pruner: str = option('sh', choices=PRUNERS, group='optimisation', help='sh = successive halving')
