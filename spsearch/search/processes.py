@@ -53,6 +53,12 @@ class ProcessGroup:
         if self.distributed:
             _broadcast({'cmd': 'stop'})
 
+    def close(self) -> None:
+        """Every process, once no collective is left: tear the process group down (``end_training``), so that
+        no process exits while gloo/NCCL threads of another still wait on it."""
+        if self.distributed:
+            self.accelerator.end_training()
+
     def fail(self, message: str) -> None:
         """Main process: the search stopped on an error; the other processes raise ``message`` too."""
         if self.distributed:

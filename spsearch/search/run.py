@@ -54,6 +54,7 @@ def search(cfg: SearchConfig, *, accelerator: Any = None, log: Log | None = None
     group = ProcessGroup(accelerator if accelerator is not None else make_accelerator(cfg.proxy_train_config()))
     if not group.is_main:
         group.follow(log=lambda s: print(s, flush=True) if cfg.progress else None)
+        group.close()
         return None
     try:
         opened = open_search(cfg, log=log, command=command)
@@ -66,6 +67,7 @@ def search(cfg: SearchConfig, *, accelerator: Any = None, log: Log | None = None
         group.fail('the main process failed; see its traceback')
         raise
     group.stop()
+    group.close()
     wall = time.perf_counter() - started
     write_reports(opened, search_wall_s=wall)
     if cfg.retrain_top > 0:
