@@ -351,6 +351,27 @@ class SearchSpace:
         extra = {} if self.num_classes is None else {'num_classes': self.num_classes}
         return analytic_count(_create(self.model, **self.model_kwargs(arch), **extra), self.input_size)
 
+    def stage_map_sizes(self, img_size: int) -> list[tuple[int, int]]:
+        """``(H, W)`` of each stage's maps (its last SP site's output) for ``img_size`` square inputs.
+
+        One forward pass on the ``meta`` device (shapes only). At small proxy resolutions the deep stages of
+        an ImageNet-layout model see maps of 2x2 or 1x1, where a 3x3 conv acts almost as a 1x1: the proxy
+        then measures something else than the target resolution does.
+        """
+        model = _create(self.model, **self.model_kwargs(self.vanilla_arch()),
+                        **({} if self.num_classes is None else {'num_classes': self.num_classes})).eval()
+        sizes: dict[int, tuple[int, int]] = {}
+        handles = [model.get_submodule(stage.sites[-1].module).register_forward_hook(
+            lambda _m, _i, out, i=i: sizes.__setitem__(i, (int(out.shape[-2]), int(out.shape[-1]))))
+            for i, stage in enumerate(self.stages)]
+        try:
+            with torch.no_grad():
+                model(torch.empty(1, self.input_size[0], img_size, img_size, device='meta'))
+        finally:
+            for handle in handles:
+                handle.remove()
+        return [sizes[i] for i in range(self.num_stages)]
+
     def stage_value(self, stage: int, choice: StageChoice, metric: str) -> int:
         """Exact change of ``metric`` (``macs`` or ``params``) when stage ``stage`` takes ``choice`` (vanilla: 0)."""
         return 0 if choice.is_vanilla else int(getattr(self._deltas[stage][choice], metric))

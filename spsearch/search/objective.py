@@ -151,7 +151,12 @@ class Objective:
         found = cache.get(key)
         if found is None:
             found = measure_config_latency(self.space, arch, protocol)
-            cache.put(key, found)
+            if found['stable']:  # an unstable value is used for this trial only, and measured again next time
+                cache.put(key, found)
+            else:
+                self.log(f'  latency of {self.space.format(arch)} unstable after {found["attempts"]} attempts '
+                         f'(quartiles {found["p25_ms"]:.1f}-{found["p75_ms"]:.1f} ms, load {found["load_1min"]}): '
+                         f'another job is using this machine')
         return found
 
     def _trained_before(self, trial: optuna.Trial) -> FrozenTrial | None:

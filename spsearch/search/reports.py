@@ -215,6 +215,7 @@ def _summary(opened: OpenStudy, trials: list[FrozenTrial], written: dict[str, An
         f'{data.train_samples or "all"} {data.dataset} images at {cfg.proxy_img_size}px, scored on '
         f'{data.val_samples or data.holdout} training images held out (seed 0), never the test split; precise BN '
         f'on {cfg.train.precise_bn_batches} batches before each evaluation.', '',
+        _map_sizes(space, cfg.proxy_img_size), '',
         f'- Model: `{space.model}`, {space.num_stages} stages, {space.size:,} configurations, '
         f'{lo / 1e9:.3f}-{hi / 1e9:.3f} GMACs',
         f'- Budgets: {describe_budgets(cfg.budgets)}',
@@ -226,6 +227,11 @@ def _summary(opened: OpenStudy, trials: list[FrozenTrial], written: dict[str, An
     over = sum(1 for t in trials if TrialRecord.of(t).status.startswith('over budget'))
     lines.append(f'- Trials: {len(trials)} ({", ".join(f"{v} {k.lower()}" for k, v in sorted(states.items()))}); '
                  f'{over} over budget, ended before training')
+    n_finished = sum(1 for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED))
+    if n_finished < cfg.n_trials:
+        lines.append(f'- **The study has {n_finished} of the {cfg.n_trials} finished trials asked for** (cut by '
+                     f'--timeout, or still running): fewer candidates were compared, so its best is a weaker answer; '
+                     f'`--resume` completes it')
     if wall is not None:
         lines.append(f'- Search wall time (this run): {wall / 60:.1f} min')
     if total is not None:
@@ -267,6 +273,18 @@ def _summary(opened: OpenStudy, trials: list[FrozenTrial], written: dict[str, An
         lines += [f'Retrain the best configuration yourself: `python train.py -c {best_yaml} --output runs/train/NAME` '
                   f'(its own output folder is the search\'s retrain of it).', '']
     return '\n'.join(lines)
+
+
+def _map_sizes(space: Any, proxy_px: int) -> str:
+    """One sentence: each stage's map size at the proxy resolution and at the cost resolution."""
+    def sizes(px: int) -> str:
+        return ', '.join(f'{h}x{w}' for h, w in space.stage_map_sizes(px))
+    proxy, target = space.stage_map_sizes(proxy_px), space.stage_map_sizes(space.input_size[1])
+    note = (' Stages at 2x2 or less see their 3x3 convs act almost as 1x1 there, so the proxy ranks those stages\' '
+            'choices by another function than the target resolution would.'
+            if proxy != target and any(h <= 2 for h, _ in proxy) else '')
+    return (f'Stage maps (the SP sites\' outputs) are {sizes(proxy_px)} at the proxy\'s {proxy_px}px and '
+            f'{sizes(space.input_size[1])} at the costs\' {space.input_size[1]}px.{note}')
 
 
 def _read_csv(path: Path) -> list[dict[str, str]]:
