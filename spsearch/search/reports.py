@@ -277,14 +277,14 @@ def _summary(opened: OpenStudy, trials: list[FrozenTrial], written: dict[str, An
 
 def _map_sizes(space: Any, proxy_px: int) -> str:
     """One sentence: each stage's map size at the proxy resolution and at the cost resolution."""
-    def sizes(px: int) -> str:
-        return ', '.join(f'{h}x{w}' for h, w in space.stage_map_sizes(px))
+    def text(sizes: list[tuple[int, int]]) -> str:
+        return ', '.join(f'{h}x{w}' for h, w in sizes)
     proxy, target = space.stage_map_sizes(proxy_px), space.stage_map_sizes(space.input_size[1])
     note = (' Stages at 2x2 or less see their 3x3 convs act almost as 1x1 there, so the proxy ranks those stages\' '
             'choices by another function than the target resolution would.'
             if proxy != target and any(h <= 2 for h, _ in proxy) else '')
-    return (f'Stage maps (the SP sites\' outputs) are {sizes(proxy_px)} at the proxy\'s {proxy_px}px and '
-            f'{sizes(space.input_size[1])} at the costs\' {space.input_size[1]}px.{note}')
+    return (f'Stage maps (the SP sites\' outputs) are {text(proxy)} at the proxy\'s {proxy_px}px and '
+            f'{text(target)} at the costs\' {space.input_size[1]}px.{note}')
 
 
 def _read_csv(path: Path) -> list[dict[str, str]]:

@@ -18,6 +18,7 @@ interrupted one continues with ``--resume``. Every run is a row of ``retrain.csv
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import subprocess
@@ -42,11 +43,14 @@ __all__ = ['Candidate', 'candidates', 'clean_env', 'launch_command', 'retrain_wi
 
 @dataclass(frozen=True)
 class Candidate:
-    """An architecture to verify, and why: ``finalist`` (of the search), ``paper``, ``uniform`` or ``random``."""
+    """An architecture to verify, and why: ``finalist`` (of the search), ``paper``, ``uniform`` or ``random``;
+    its cost (GMACs, millions of parameters), counted once."""
 
     name: str
     role: str
     arch: Architecture
+    gmacs: float
+    mparams: float
     trial: FrozenTrial | None = None
 
 
@@ -54,15 +58,17 @@ def candidates(opened: OpenStudy, top: int) -> list[Candidate]:
     """The finalists, then the baselines and the random control (an architecture appears once, first role)."""
     cfg, space = opened.cfg, opened.space
     trials = opened.trials()
-    by_baseline = {TrialRecord.of(t).baseline: t for t in reversed(trials) if TrialRecord.of(t).baseline}
-    out = [Candidate(f'trial-{t.number}', 'finalist', space.from_optuna_params(t.params), t)
-           for t in best_trials(trials, top)]
-    wanted: list[tuple[str, Architecture | None]] = [
-        ('paper', space.paper_arch()), ('uniform', best_uniform(space, cfg.budgets)),
-        ('random', random_in_budget(space, cfg.budgets, random.Random(cfg.seed)))]
-    for role, arch in wanted:
+    by_baseline = {kind: t for t in reversed(trials) if (kind := TrialRecord.of(t).baseline)}
+    wanted: list[tuple[str, str, Architecture | None, FrozenTrial | None]] = [
+        (f'trial-{t.number}', 'finalist', space.from_optuna_params(t.params), t) for t in best_trials(trials, top)]
+    wanted += [('paper', 'paper', space.paper_arch(), by_baseline.get('paper')),
+               ('uniform', 'uniform', best_uniform(space, cfg.budgets), by_baseline.get('uniform')),
+               ('random', 'random', random_in_budget(space, cfg.budgets, random.Random(cfg.seed)), None)]
+    out: list[Candidate] = []
+    for name, role, arch, trial in wanted:
         if arch is not None and all(c.arch != arch for c in out):
-            out.append(Candidate(role, role, arch, by_baseline.get(role)))
+            count = space.cost(arch) if space.contains(arch) else space.cost_direct(arch)
+            out.append(Candidate(name, role, arch, round(count.macs / 1e9, 4), round(count.params / 1e6, 4), trial))
     return out
 
 
@@ -112,11 +118,6 @@ def _finished(run_dir: Path, recipe: dict[str, Any]) -> dict[str, Any] | None:
     return None
 
 
-def _cost(opened: OpenStudy, arch: Architecture) -> tuple[float, float]:
-    count = opened.space.cost(arch) if opened.space.contains(arch) else opened.space.cost_direct(arch)
-    return round(count.macs / 1e9, 4), round(count.params / 1e6, 4)
-
-
 def _run(opened: OpenStudy, cand: Candidate, seed: int, processes: int, log: Callable[[str], None]
          ) -> tuple[Path, dict[str, Any] | None, str]:
     """One retrain of ``cand`` with ``seed`` (skipped when done, resumed when interrupted)."""
@@ -149,7 +150,6 @@ def retrain_winners(opened: OpenStudy, log: Callable[[str], None], top: int | No
     seeds = [cfg.seed + i for i in range(cfg.retrain_seeds)]
     rows, scores = [], {}
     for cand in cands:
-        gmacs, mparams = _cost(opened, cand.arch)
         record = TrialRecord.of(cand.trial) if cand.trial is not None else TrialRecord()
         top1 = proxy_top1(cand.trial) if cand.trial is not None else None
         finals = []
@@ -157,7 +157,7 @@ def retrain_winners(opened: OpenStudy, log: Callable[[str], None], top: int | No
             run_dir, done, status = _run(opened, cand, seed, processes, log)
             rows.append({
                 'name': cand.name, 'role': cand.role, 'seed': seed, 'trial': getattr(cand.trial, 'number', ''),
-                'config': opened.space.format(cand.arch), 'gmacs': gmacs, 'mparams': mparams,
+                'config': opened.space.format(cand.arch), 'gmacs': cand.gmacs, 'mparams': cand.mparams,
                 'latency_ms': '' if record.latency_ms is None else round(record.latency_ms, 3),
                 'proxy_top1': '' if top1 is None else round(top1, 2),
                 'final_top1': '' if done is None else round(done['final_top1'], 2),
@@ -182,9 +182,8 @@ def _write_statistics(opened: OpenStudy, cands: list[Candidate], scores: dict[st
         if cand.name not in scores:
             continue
         est = estimate(scores[cand.name])
-        gmacs, mparams = _cost(opened, cand.arch)
-        per.append({'name': cand.name, 'role': cand.role, 'config': opened.space.format(cand.arch), 'gmacs': gmacs,
-                    'mparams': mparams, 'seeds': est.n, 'mean_top1': round(est.mean, 3),
+        per.append({'name': cand.name, 'role': cand.role, 'config': opened.space.format(cand.arch),
+                    'gmacs': cand.gmacs, 'mparams': cand.mparams, 'seeds': est.n, 'mean_top1': round(est.mean, 3),
                     'ci95_low': round(est.low, 3), 'ci95_high': round(est.high, 3),
                     'top1_per_seed': ' '.join(f'{v:.2f}' for v in scores[cand.name])})
     atomic_write_text(opened.output / 'verify.csv', csv_text(per))
@@ -195,13 +194,11 @@ def _write_statistics(opened: OpenStudy, cands: list[Candidate], scores: dict[st
         return
     results = [compare(scores[best.name], scores[b.name]) for b in baselines]
     adjusted = holm([r.p_t for r in results])
-    best_gmacs = _cost(opened, best.arch)[0]
     rows = []
     for base, result, p_holm in zip(baselines, results, adjusted, strict=True):
-        base_gmacs = _cost(opened, base.arch)[0]
         d = result.difference
-        rows.append({'finalist': best.name, 'baseline': base.name, 'finalist_gmacs': best_gmacs,
-                     'baseline_gmacs': base_gmacs, 'macs_ratio': round(best_gmacs / base_gmacs, 4),
+        rows.append({'finalist': best.name, 'baseline': base.name, 'finalist_gmacs': best.gmacs,
+                     'baseline_gmacs': base.gmacs, 'macs_ratio': round(best.gmacs / base.gmacs, 4),
                      'seeds': d.n, 'difference': round(d.mean, 3), 'ci95_low': round(d.low, 3),
                      'ci95_high': round(d.high, 3), 'p_t': _p(result.p_t), 'p_wilcoxon': _p(result.p_wilcoxon),
                      'p_holm': _p(p_holm), 'verdict': result.verdict})
@@ -209,4 +206,4 @@ def _write_statistics(opened: OpenStudy, cands: list[Candidate], scores: dict[st
 
 
 def _p(value: float) -> Any:
-    return '' if value != value else round(value, 4)  # nan -> blank
+    return '' if math.isnan(value) else round(value, 4)

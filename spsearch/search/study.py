@@ -232,12 +232,11 @@ def open_existing(cfg: SearchConfig) -> OpenStudy:
     storage, names = _study_names(spec, must_exist=True)
     if cfg.study_name not in names:
         raise ConfigError(f'no study named {cfg.study_name!r} in {spec.display()}{_holds(names)}; pass --study NAME')
-    stored = optuna.load_study(study_name=cfg.study_name, storage=storage).user_attrs.get(_CONFIG)
+    study = optuna.load_study(study_name=cfg.study_name, storage=storage)  # read only: no sampler or pruner runs
+    stored = study.user_attrs.get(_CONFIG)
     if isinstance(stored, dict):
         mine = cfg.to_dict()
         cfg = SearchConfig.from_dict({**stored, **{k: mine[k] for k in _THIS_RUN}, 'study': cfg.study_name},
                                      source=f'the stored configuration of study {cfg.study_name!r}')
     space, notes = _space(cfg)
-    study = optuna.load_study(study_name=cfg.study_name, storage=storage, sampler=_sampler(cfg, cfg.seed),
-                              pruner=_pruner(cfg))
     return OpenStudy(cfg, space, spec, study, Path(cfg.output_dir), notes)
