@@ -35,7 +35,8 @@ def _proxy_recipe() -> TrainConfig:
 
 
 _SET_PER_RUN = frozenset({'model', 'model_kwargs', 'img_size', 'epochs', 'seed', 'output', 'resume', 'checkpoint',
-                          'evaluate_only', 'log_interval', 'progress', 'save_checkpoints', 'experiment'})
+                          'evaluate_only', 'log_interval', 'progress', 'save_checkpoints', 'experiment',
+                          'stale_bn_eval'})
 """Options of the training recipe that the search sets for each proxy training and retrain itself."""
 
 

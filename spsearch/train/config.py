@@ -73,6 +73,10 @@ class TrainConfig:
         20, minimum=0, group='optimisation',
         help='before every evaluation, recompute the BatchNorm statistics with the current weights on this many '
              'training batches (precise BN; 0: evaluate with the running statistics)')
+    stale_bn_eval: bool = option(
+        False, group='optimisation',
+        help='with precise BN, also evaluate with the running statistics it replaces (stale_top1, stale_val_loss '
+             'in log.csv; the running statistics are put back before the next epoch, as without precise BN)')
     channels_last: bool = option(False, group='speed', help='NHWC memory format')
     compile: bool = option(False, group='speed', help='torch.compile the model')
     mixed_precision: str = option('no', choices=MIXED_PRECISION_CHOICES, group='speed',

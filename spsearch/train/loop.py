@@ -191,6 +191,21 @@ def precise_bn(model: nn.Module, loader: Any, batches: int, channels_last: bool 
     torch.optim.swa_utils.update_bn(images(), model)
 
 
+def _norm_buffers(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Copies of every BatchNorm's running statistics (``running_mean``, ``running_var``, ``num_batches_tracked``)."""
+    return {f'{name}.{key}': buf.detach().clone() for name, module in model.named_modules()
+            if isinstance(module, nn.modules.batchnorm._BatchNorm)
+            for key, buf in module.named_buffers(recurse=False) if buf is not None}
+
+
+@torch.no_grad()
+def _load_norm_buffers(model: nn.Module, saved: dict[str, torch.Tensor]) -> None:
+    """Put back statistics saved by ``_norm_buffers``."""
+    buffers = dict(model.named_buffers())
+    for key, value in saved.items():
+        buffers[key].copy_(value)
+
+
 def _any_process(accelerator: Any, flag: bool) -> bool:
     """True on every process when ``flag`` is true on any of them."""
     if accelerator.num_processes == 1:
@@ -306,6 +321,7 @@ class _Run:
             model = torch.compile(model)  # type: ignore[assignment]
         self.model, self.optimizer = acc.prepare(model, self.optimizer)
         self.start_epoch, self.num_updates = 0, 0
+        self.running_stats: dict[str, torch.Tensor] | None = None
         self.history: list[dict[str, float]] = []
         self.best_top1, self.best_epoch = -1.0, 0
         if self.resume_state is not None:
@@ -429,6 +445,9 @@ class _Run:
         throughputs = []
         for epoch in range(self.start_epoch, cfg.epochs):
             epoch_start = time.perf_counter()
+            if self.running_stats is not None:  # stale_bn_eval: train on as if precise BN had not run
+                _load_norm_buffers(self.raw_model, self.running_stats)
+                self.running_stats = None
             train_metrics, bad = self.train_epoch(epoch)
             if bad:
                 result.stopped_by = 'nonfinite'
@@ -436,12 +455,18 @@ class _Run:
                 result.message = (f'training loss became non-finite in epoch {epoch + 1}; stopped. Last good '
                                   f'checkpoint: {where}. Lower --lr or set --clip-grad')
                 break
+            stale: dict[str, float] = {}
+            if cfg.precise_bn_batches and cfg.stale_bn_eval:
+                self.running_stats = _norm_buffers(self.raw_model)
+                stale = evaluate(self.raw_model, self.loaders.val, acc, channels_last=cfg.channels_last)
             for model in (self.raw_model, *([self.ema.module] if self.ema is not None else [])):
                 if cfg.precise_bn_batches:
                     precise_bn(model, self.loaders.train, cfg.precise_bn_batches, cfg.channels_last)
                 _average_norm_statistics(model, acc)
             metrics = evaluate(self.raw_model, self.loaders.val, acc, channels_last=cfg.channels_last)
             row: dict[str, float] = {'epoch': epoch + 1, **train_metrics, **metrics}
+            if stale:
+                row.update(stale_top1=stale['top1'], stale_val_loss=stale['val_loss'])
             score = metrics['top1']
             if self.ema is not None:
                 ema_metrics = evaluate(self.ema.module, self.loaders.val, acc, channels_last=cfg.channels_last)
