@@ -19,6 +19,7 @@ from spsearch.search import SearchConfig, search
 from spsearch.search import cli as search_cli
 from spsearch.search.budgets import Costs, check_space_budgets, constraints, latency_bounds, latency_protocol
 from spsearch.search.reports import pareto_front
+from spsearch.search.samplers import InBudgetSampler
 from spsearch.space import SearchSpace, StageChoice
 
 from helpers import ROOT, sp_models
@@ -205,6 +206,7 @@ def test_tiny_study_completes_within_budget_and_skips_over_budget_training(tiny_
         kwargs = run.space.model_kwargs(run.space.from_optuna_params(t.params))
         assert tuple(kwargs['sp_alpha']) + tuple(kwargs['sp_groups']) not in trained
     assert len(calls) == sum(1 for t in trials if 'epochs' in t.user_attrs and 'duplicate_of' not in t.user_attrs)
+    assert all(t.user_attrs.get('baseline') for t in over)  # the sampler proposes only in-budget architectures
     baseline = trials[0]
     assert baseline.user_attrs.get('baseline') and set(baseline.params.values()) == {'alpha=1/2,G=2'}
     assert baseline.user_attrs['status'].startswith('over budget: 0.01807 GMACs > 0.016')
@@ -318,7 +320,8 @@ def test_multi_objective_nsga2_without_pruning(tmp_path):
     cfg = SearchConfig.from_dict({**TINY, 'proxy_epochs': 2, 'budget_gflops': 0.03, 'multi_objective': True,
                                   'n_trials': 4, 'output': str(tmp_path)})
     run = search(cfg)
-    assert run is not None and isinstance(run.study.sampler, optuna.samplers.NSGAIISampler)
+    assert run is not None and isinstance(run.study.sampler, InBudgetSampler)
+    assert isinstance(run.study.sampler.base, optuna.samplers.NSGAIISampler)
     assert isinstance(run.study.pruner, optuna.pruners.NopPruner)
     complete = [t for t in run.study.get_trials() if t.state == TrialState.COMPLETE]
     assert complete and all(len(t.values) == 2 and t.values[1] == pytest.approx(t.user_attrs['gmacs'])

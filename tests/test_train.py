@@ -307,3 +307,19 @@ def test_precise_bn_is_on_by_default_and_changes_the_evaluation():
     off = train(TrainConfig.from_dict({**base, 'precise_bn_batches': 0}))
     assert on.history[0]['train_loss'] == off.history[0]['train_loss']
     assert on.history[0]['val_loss'] != off.history[0]['val_loss']
+
+
+def test_stale_bn_eval_scores_the_run_precise_bn_did_not_change():
+    """--stale-bn-eval: its stale_* columns are the metrics of the same run with precise BN off (bit for bit: the
+    running statistics are put back before each epoch), and the precise-BN metrics are those of a run without it."""
+    base = dict(model='sp_resnet20', dataset='synthetic', img_size=16, train_samples=64, val_samples=32,
+                batch_size=32, epochs=2, progress=False)
+    both = train(TrainConfig.from_dict({**base, 'precise_bn_batches': 2, 'stale_bn_eval': True}))
+    precise = train(TrainConfig.from_dict({**base, 'precise_bn_batches': 2}))
+    off = train(TrainConfig.from_dict({**base, 'precise_bn_batches': 0}))
+    for epoch in range(2):
+        assert both.history[epoch]['stale_val_loss'] == off.history[epoch]['val_loss']
+        assert both.history[epoch]['stale_top1'] == off.history[epoch]['top1']
+        assert both.history[epoch]['val_loss'] == precise.history[epoch]['val_loss']
+        assert 'stale_top1' not in precise.history[epoch]
+    assert both.history[1]['stale_val_loss'] != both.history[1]['val_loss']

@@ -26,7 +26,7 @@ from ..space import Architecture, SearchSpace
 __all__ = [
     'BUDGET_FLAGS', 'Costs', 'LatencyCache', 'best_uniform', 'check_latency_budget', 'check_space_budgets',
     'constraints', 'describe_budgets', 'latency_bounds', 'latency_protocol', 'measure_config_latency',
-    'random_in_budget', 'violations',
+    'random_in_budget', 'violations', 'within_budgets',
 ]
 
 BUDGET_FLAGS = {'gmacs': '--budget-gflops', 'mparams': '--budget-params', 'latency_ms': '--budget-latency-ms'}
@@ -77,8 +77,8 @@ def check_space_budgets(space: SearchSpace, budgets: dict[str, float]) -> list[s
     return notes
 
 
-def _within(space: SearchSpace, arch: Architecture, budgets: dict[str, float]) -> bool:
-    """Whether ``arch`` meets the MAC and parameter budgets (latency needs a measurement)."""
+def within_budgets(space: SearchSpace, arch: Architecture, budgets: dict[str, float]) -> bool:
+    """Whether ``arch`` meets the MAC and parameter budgets (a table look-up; latency needs a measurement)."""
     cost = space.cost(arch)
     return all(v <= 0 for v in constraints(Costs(cost.macs / 1e9, cost.params / 1e6), budgets).values())
 
@@ -91,7 +91,7 @@ def best_uniform(space: SearchSpace, budgets: dict[str, float]) -> Architecture 
     fewer parameters). None when no uniform architecture fits.
     """
     common = [c for c in space.choices[0] if all(c in allowed for allowed in space.choices[1:])]
-    fitting = [arch for arch in ((c,) * space.num_stages for c in common) if _within(space, arch, budgets)]
+    fitting = [arch for arch in ((c,) * space.num_stages for c in common) if within_budgets(space, arch, budgets)]
     if not fitting:
         return None
     return max(fitting, key=lambda a: (space.cost(a).macs, -space.cost(a).params))
@@ -103,7 +103,7 @@ def random_in_budget(space: SearchSpace, budgets: dict[str, float], rng: random.
     sampling; None if ``tries`` draws find none)."""
     for _ in range(tries):
         arch = space.sample(rng)
-        if _within(space, arch, budgets):
+        if within_budgets(space, arch, budgets):
             return arch
     return None
 

@@ -28,6 +28,7 @@ from ..space import SearchSpace
 from .budgets import LatencyCache, best_uniform, check_latency_budget, check_space_budgets, latency_protocol
 from .config import SearchConfig
 from .record import TrialRecord
+from .samplers import InBudgetSampler
 from .storage import StorageSpec, open_storage, worker_alive
 
 __all__ = ['OpenStudy', 'open_existing', 'open_search']
@@ -83,17 +84,22 @@ def _study_names(spec: StorageSpec, must_exist: bool) -> tuple[optuna.storages.B
     return storage, optuna.get_all_study_names(storage)
 
 
-def _sampler(cfg: SearchConfig, seed: int) -> optuna.samplers.BaseSampler:
+def _sampler(cfg: SearchConfig, space: SearchSpace, seed: int) -> optuna.samplers.BaseSampler:
+    """The configured sampler, wrapped so that it proposes only architectures within the MAC/parameter budgets."""
     kind = cfg.sampler if cfg.sampler != 'auto' else ('nsga2' if cfg.multi_objective else 'tpe')
-    if kind == 'random':
-        return optuna.samplers.RandomSampler(seed=seed)
-    if kind == 'nsga2':
-        return optuna.samplers.NSGAIISampler(population_size=max(4, min(50, cfg.n_trials // 4)), seed=seed)
+    base: optuna.samplers.BaseSampler
     with warnings.catch_warnings():
         warnings.simplefilter('ignore', optuna.exceptions.ExperimentalWarning)
-        # constant_liar: parallel workers see each other's running trials and spread out
-        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(10, max(3, cfg.n_trials // 4)),
-                                          constant_liar=True)
+        if kind == 'random':
+            base = optuna.samplers.RandomSampler(seed=seed)
+        elif kind == 'nsga2':
+            base = optuna.samplers.NSGAIISampler(population_size=max(4, min(50, cfg.n_trials // 4)), seed=seed)
+        else:
+            # multivariate: one estimator over the joint per-stage choice; constant_liar: parallel workers see
+            # each other's running trials and spread out
+            base = optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(10, max(3, cfg.n_trials // 4)),
+                                              multivariate=True, constant_liar=True)
+    return InBudgetSampler(base, space, cfg.budgets, seed=seed)
 
 
 def _pruner(cfg: SearchConfig) -> optuna.pruners.BasePruner:
@@ -172,12 +178,13 @@ def open_search(cfg: SearchConfig, *, log: Any = print, command: str | None = No
     directions: list[Any] = ['maximize', 'minimize'] if cfg.multi_objective else ['maximize']
     with warnings.catch_warnings():
         warnings.simplefilter('ignore', optuna.exceptions.ExperimentalWarning)
+        sampler = _sampler(cfg, space, seed)
         try:
-            study = optuna.create_study(storage=storage, study_name=cfg.study_name, sampler=_sampler(cfg, seed),
+            study = optuna.create_study(storage=storage, study_name=cfg.study_name, sampler=sampler,
                                         pruner=_pruner(cfg), directions=directions, load_if_exists=exists)
             created = not exists
         except optuna.exceptions.DuplicatedStudyError:  # a parallel worker created it a moment ago
-            study = optuna.load_study(study_name=cfg.study_name, storage=storage, sampler=_sampler(cfg, seed),
+            study = optuna.load_study(study_name=cfg.study_name, storage=storage, sampler=_sampler(cfg, space, seed),
                                       pruner=_pruner(cfg))
             created = False
     if created:
