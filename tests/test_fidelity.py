@@ -80,7 +80,8 @@ def test_analyze_on_constructed_scores(setup):
     assert rows['proxy', 2, 'val. loss, precise BN'].tau == pytest.approx(1)  # lower loss is better
     assert rows['proxy', 2, 'top-1, running BN stats'].tau == pytest.approx(-1)
     assert rows['proxy', 1, 'top-1, precise BN'].tau < 0.5
-    assert ('proxy', 1, 'top-1, running BN stats') not in rows  # rungs: the search's own scoring only
+    assert rows['proxy', 1, 'top-1, running BN stats'].tau > -1
+    assert ('proxy', 1, 'val. loss, running BN stats') not in rows
     # an architecture missing one training is left out of every statistic
     del units[unit_key(PROXY, 3, 1)]
     assert analyze(plan, units, resamples=50)['complete'] == [0, 1, 2, 4, 5]
@@ -94,7 +95,8 @@ def test_render_reports_the_numbers_and_what_they_say(setup):
     assert '20 of 20 trainings done; 5 of 5 architectures complete' in text
     assert '| proxy | 2 | top-1, precise BN | 1.00 [1.00, 1.00] |' in text
     assert 'precise BN tau 1.00 vs running statistics -1.00' in text
-    assert 'rung at epoch 1: tau 1.00 [1.00, 1.00]: ranks' in text
+    assert 'rung at epoch 1: tau 1.00 [1.00, 1.00]: ranks (interval above 0); with the running statistics tau -1.00' \
+        in text
     assert 'commit(s) abc' in text
     partial = render(plan, {k: v for k, v in list(units.items())[:6]}, '# h', 'cmd', resamples=10)
     assert 'Too few complete architectures' in partial

@@ -383,8 +383,8 @@ def analyze(plan: FidelityPlan, units: dict[str, dict[str, Any]], resamples: int
             continue
         for epoch in range(1, protocol.epochs + 1):
             for label, (key, sign) in SCORES.items():
-                if epoch < protocol.epochs and 'running' in label:
-                    continue  # rungs: the search's own scoring (precise BN) only
+                if epoch < protocol.epochs and label == 'val. loss, running BN stats':
+                    continue  # rungs: top-1 with and without precise BN, and the loss the search could use
                 per_seed = [[sign * v for v in column(protocol, s, key, epoch)] for s in plan.seeds]
                 tau, low, high = bootstrap_tau(per_seed, t_mean, resamples=resamples)
                 mean_score = [sum(v) / len(v) for v in zip(*per_seed, strict=True)]
@@ -475,12 +475,14 @@ def render(plan: FidelityPlan, units: dict[str, dict[str, Any]], header: str, co
         if precise and loss:
             lines.append(f'- {proto.name}: top-1 tau {_f(precise.tau)} vs validation loss {_f(loss.tau)}.')
         for epoch in range(1, proto.epochs):
-            rung = rows.get(('top-1, precise BN', epoch))
+            rung, stale_rung = rows.get(('top-1, precise BN', epoch)), rows.get(('top-1, running BN stats', epoch))
             if rung:
                 verdict = ('ranks (interval above 0)' if rung.low > 0 else 'does not rank reliably (interval '
                            'includes 0)')
                 lines.append(f'- {proto.name}: rung at epoch {epoch}: tau {_f(rung.tau)} [{_f(rung.low)}, '
-                             f'{_f(rung.high)}]: {verdict}.')
+                             f'{_f(rung.high)}]: {verdict}'
+                             + (f'; with the running statistics tau {_f(stale_rung.tau)}, seed sd '
+                                f'{_f(stale_rung.seed_sd)} vs {_f(rung.seed_sd)} points.' if stale_rung else '.'))
     lines += ['', '## Per architecture', '',
               '| # | role | architecture | GMACs | ' + ' | '.join(
                   f'{p.name} top-1 (mean of {len(plan.seeds)})' for p in plan.protocols) + ' |',
