@@ -82,6 +82,7 @@ def test_analyze_on_constructed_scores(setup):
     assert rows['proxy', 1, 'top-1, precise BN'].tau < 0.5
     assert rows['proxy', 1, 'top-1, running BN stats'].tau > -1
     assert ('proxy', 1, 'val. loss, running BN stats') not in rows
+    assert -1 <= rows['cost only', 0, 'GMACs (no training)'].tau <= 1
     # an architecture missing one training is left out of every statistic
     del units[unit_key(PROXY, 3, 1)]
     assert analyze(plan, units, resamples=50)['complete'] == [0, 1, 2, 4, 5]
@@ -98,6 +99,7 @@ def test_render_reports_the_numbers_and_what_they_say(setup):
     assert 'rung at epoch 1: tau 1.00 [1.00, 1.00]: ranks (interval above 0); with the running statistics tau -1.00' \
         in text
     assert 'commit(s) abc' in text
+    assert 'Ranking by GMACs alone, without training: tau' in text
     partial = render(plan, {k: v for k, v in list(units.items())[:6]}, '# h', 'cmd', resamples=10)
     assert 'Too few complete architectures' in partial
 

@@ -378,6 +378,14 @@ def analyze(plan: FidelityPlan, units: dict[str, dict[str, Any]], resamples: int
         'stale_mean': [sum(v) / len(v) for v in zip(*[column(target, s, 'stale_top1', target.epochs)
                                                       for s in plan.seeds], strict=True)],
     }
+    cfg = SearchConfig.from_dict(plan.search)
+    space = SearchSpace.build(cfg.model, cfg.alphas, cfg.groups, cfg.eval_img_size)
+    archs = [tuple(StageChoice.from_label(x) for x in plan.architectures[i]) for i in complete]
+    for label, values in (('GMACs (no training)', [space.cost(a).macs / 1e9 for a in archs]),
+                          ('parameters (no training)', [space.cost(a).params / 1e6 for a in archs])):
+        tau, low, high = bootstrap_tau([values], t_mean, resamples=resamples)
+        out['rows'].append(ScoreRow('cost only', label, 0, tau, low, high, tau, math.nan, 0.0, _sd(values), 0, 0.0,
+                                    n=len(complete)))
     for protocol in plan.protocols:
         if protocol.target:
             continue
@@ -454,14 +462,19 @@ def render(plan: FidelityPlan, units: dict[str, dict[str, Any]], header: str, co
               '| protocol | epoch (rung) | score | tau [95 % CI] | tau of mean | seed tau | seed sd | spread sd | '
               'images | s / training |', '|---|---|---|---|---|---|---|---|---|---|']
     for r in result['rows']:
-        lines.append(f'| {r.protocol} | {r.epoch} | {r.score} | {_f(r.tau)} [{_f(r.low)}, {_f(r.high)}] | '
+        lines.append(f'| {r.protocol} | {r.epoch or "-"} | {r.score} | {_f(r.tau)} [{_f(r.low)}, {_f(r.high)}] | '
                      f'{_f(r.tau_mean_of_seeds)} | {_f(r.seed_tau)} | {_f(r.seed_sd, 3)} | {_f(r.spread_sd, 3)} | '
                      f'{r.images:,} | {r.wall_s:.0f} |')
-    finals = [r for r in result['rows'] if r.epoch == next(p.epochs for p in plan.protocols if p.name == r.protocol)]
+    epochs = {p.name: p.epochs for p in plan.protocols}
+    finals = [r for r in result['rows'] if r.epoch == epochs.get(r.protocol)]
     best = max(finals, key=lambda r: (-math.inf if math.isnan(r.tau) else r.tau))
     lines += ['', '## What it says', '',
               f'- Highest single-training tau at a final epoch: **{best.protocol}, {best.score}: {_f(best.tau)} '
               f'[{_f(best.low)}, {_f(best.high)}]** (target seed-to-seed tau {_f(t["seed_tau"])}).']
+    for r in result['rows']:
+        if r.protocol == 'cost only':
+            lines.append(f'- Ranking by {r.score.split(" (")[0]} alone, without training: tau {_f(r.tau)} '
+                         f'[{_f(r.low)}, {_f(r.high)}]; a proxy is worth its training only above this.')
     for proto in plan.protocols:
         if proto.target:
             continue
