@@ -99,7 +99,9 @@ def load_weights(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
             return safetensors.torch.load_file(str(path))
         state = torch.load(path, map_location='cpu', weights_only=True)
     except Exception as e:
-        raise ConfigError(f'weights file {path} cannot be read ({type(e).__name__}: {e})') from None
+        first = next((line.strip() for line in str(e).splitlines() if line.strip()), '')
+        raise ConfigError(f'weights file {path} cannot be read ({type(e).__name__}: {first[:200]}); give a '
+                          f'.safetensors file or a PyTorch state dict / checkpoint') from None
     if isinstance(state, dict):
         for key in ('model', 'state_dict'):
             if isinstance(state.get(key), dict):
