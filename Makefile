@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.spsearch-installed
 ARGS ?=
 
-.PHONY: setup search test test-slow test-all lint typecheck pytest paper-costs model-complexity
+.PHONY: setup search test test-slow test-all lint typecheck pytest paper-costs model-complexity gpu-check gpu-wheels
 
 $(STAMP): setup.cfg pyproject.toml scripts/setup.sh scripts/fetch_fashion_mnist.sh
 	PYTHON=$(PYTHON) VENV=$(VENV) scripts/setup.sh
@@ -42,3 +42,15 @@ paper-costs: $(STAMP)
 
 model-complexity: $(STAMP)
 	$(PY) tools/model_complexity.py
+
+# Every check that needs a CUDA GPU (tools/gpu_check.py): results/gpu_check.md. Without a GPU: one line,
+# exit 0. On the GPU machine (no registry) it uses python3 there and the wheels `make gpu-wheels` put in wheels/.
+GPU_PY := $(if $(wildcard $(PY)),$(PY),python3)
+gpu-check:
+	$(GPU_PY) tools/gpu_check.py
+
+gpu-wheels: $(STAMP)
+	$(PY) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 -d wheels optuna thop alembic \
+		sqlalchemy colorlog mako markupsafe greenlet
+	mkdir -p data/fashion-mnist && cp $$($(PY) -c "from spsearch.data.datasets import find_fashion_mnist; \
+		print(find_fashion_mnist())")/*-ubyte* data/fashion-mnist/
