@@ -95,6 +95,7 @@ def test_render_reports_the_numbers_and_what_they_say(setup):
     text = render(plan, units, '# Proxy fidelity', 'python tools/proxy_fidelity.py', resamples=100)
     assert '20 of 20 trainings done; 5 of 5 architectures complete' in text
     assert '| proxy | 2 | top-1, precise BN | 1.00 [1.00, 1.00] |' in text
+    assert 'beyond GMACs' in text
     assert 'precise BN tau 1.00 vs running statistics -1.00' in text
     assert 'rung at epoch 1: tau 1.00 [1.00, 1.00]: ranks (interval above 0); with the running statistics tau -1.00' \
         in text
@@ -120,3 +121,10 @@ def test_run_study_resumes_from_its_folder_and_refuses_another_plan(setup, tmp_p
     (tmp_path / 'units' / f'{unit_key(PROXY, 0, 0)}.json').write_text('{"history": [')
     with pytest.raises(ConfigError, match='delete it and run again'):
         fidelity.load_units(plan, tmp_path)
+
+
+def test_residuals_take_out_the_straight_line_in_gmacs():
+    x = [1.0, 2.0, 3.0, 4.0]
+    assert fidelity._residuals([2 * v + 1 for v in x], x) == pytest.approx([0, 0, 0, 0])
+    r = fidelity._residuals([2 * v + e for v, e in zip(x, [0.5, -0.5, -0.5, 0.5], strict=True)], x)
+    assert r == pytest.approx([0.5, -0.5, -0.5, 0.5])

@@ -322,6 +322,7 @@ class ScoreRow:
     images: int
     wall_s: float
     n: int = 0
+    beyond_macs: tuple[float, float, float] = (math.nan, math.nan, math.nan)
     notes: list[str] = field(default_factory=list)
 
 
@@ -381,7 +382,11 @@ def analyze(plan: FidelityPlan, units: dict[str, dict[str, Any]], resamples: int
     cfg = SearchConfig.from_dict(plan.search)
     space = SearchSpace.build(cfg.model, cfg.alphas, cfg.groups, cfg.eval_img_size)
     archs = [tuple(StageChoice.from_label(x) for x in plan.architectures[i]) for i in complete]
-    for label, values in (('GMACs (no training)', [space.cost(a).macs / 1e9 for a in archs]),
+    gmacs = [space.cost(a).macs / 1e9 for a in archs]
+    t_resid = _residuals(t_mean, gmacs)
+    out['target']['seed_tau_beyond_macs'] = _mean_pairwise_tau([_residuals(c, gmacs) for c in t_seeds])
+    out['target']['macs_tau'] = kendall_tau(gmacs, t_mean)
+    for label, values in (('GMACs (no training)', gmacs),
                           ('parameters (no training)', [space.cost(a).params / 1e6 for a in archs])):
         tau, low, high = bootstrap_tau([values], t_mean, resamples=resamples)
         out['rows'].append(ScoreRow('cost only', label, 0, tau, low, high, tau, math.nan, 0.0, _sd(values), 0, 0.0,
@@ -396,11 +401,21 @@ def analyze(plan: FidelityPlan, units: dict[str, dict[str, Any]], resamples: int
                 per_seed = [[sign * v for v in column(protocol, s, key, epoch)] for s in plan.seeds]
                 tau, low, high = bootstrap_tau(per_seed, t_mean, resamples=resamples)
                 mean_score = [sum(v) / len(v) for v in zip(*per_seed, strict=True)]
+                beyond = bootstrap_tau([_residuals(c, gmacs) for c in per_seed], t_resid, resamples=resamples)
                 out['rows'].append(ScoreRow(
                     protocol.name, label, epoch, tau, low, high, kendall_tau(mean_score, t_mean),
                     _mean_pairwise_tau(per_seed), _pooled_sd(per_seed), _sd(mean_score), protocol.images,
-                    wall(protocol), n=len(complete)))
+                    wall(protocol), n=len(complete), beyond_macs=beyond))
     return out
+
+
+def _residuals(y: Sequence[float], x: Sequence[float]) -> list[float]:
+    """``y`` minus its least-squares line in ``x``: what a score says beyond the architecture's GMACs."""
+    n = len(y)
+    mx, my = sum(x) / n, sum(y) / n
+    sxx = sum((a - mx) ** 2 for a in x)
+    slope = sum((a - mx) * (b - my) for a, b in zip(x, y, strict=True)) / sxx if sxx else 0.0
+    return [b - my - slope * (a - mx) for a, b in zip(x, y, strict=True)]
 
 
 def _mean_pairwise_tau(per_seed: Sequence[Sequence[float]]) -> float:
@@ -451,6 +466,9 @@ def render(plan: FidelityPlan, units: dict[str, dict[str, Any]], header: str, co
               f'means) {_f(t["spread_sd"])} points; seed noise (sd of one training) {_f(t["seed_sd"])} points; '
               f'seed-to-seed Kendall tau {_f(t["seed_tau"])} (the ceiling of any proxy\'s tau against one '
               f'training). Mean {t["wall_s"]:.0f} s per training.',
+              f'- Beyond GMACs (a straight line in GMACs taken out), the target\'s seed-to-seed tau is '
+              f'{_f(t["seed_tau_beyond_macs"])}: how much of the ranking among architectures of equal cost one '
+              f'target training can reproduce.',
               f'- Without precise BN (running statistics) the same target trainings score a seed noise of '
               f'{_f(t["stale_seed_sd"])} points.', '',
               '## Fidelity of each proxy score', '',
@@ -458,12 +476,15 @@ def render(plan: FidelityPlan, units: dict[str, dict[str, Any]], header: str, co
               'top-1 (what a search that trains each candidate once gets), with its 95 % bootstrap interval over '
               'architectures; "tau of mean": the proxy averaged over the seeds first; "seed tau": the proxy\'s own '
               'seed-to-seed tau; "seed sd" / "spread sd": noise of one proxy training and spread of the architectures '
-              '(score units: points of top-1, or nats of loss).', '',
+              '(score units: points of top-1, or nats of loss); "beyond GMACs": tau between the proxy and the target '
+              'after a straight line in GMACs is taken out of each (does the proxy know more than the cost?), '
+              'with its bootstrap interval (residuals fitted once on all architectures).', '',
               '| protocol | epoch (rung) | score | tau [95 % CI] | tau of mean | seed tau | seed sd | spread sd | '
-              'images | s / training |', '|---|---|---|---|---|---|---|---|---|---|']
+              'beyond GMACs [95 % CI] | images | s / training |', '|---|---|---|---|---|---|---|---|---|---|---|']
     for r in result['rows']:
         lines.append(f'| {r.protocol} | {r.epoch or "-"} | {r.score} | {_f(r.tau)} [{_f(r.low)}, {_f(r.high)}] | '
                      f'{_f(r.tau_mean_of_seeds)} | {_f(r.seed_tau)} | {_f(r.seed_sd, 3)} | {_f(r.spread_sd, 3)} | '
+                     f'{_f(r.beyond_macs[0])} [{_f(r.beyond_macs[1])}, {_f(r.beyond_macs[2])}] | '
                      f'{r.images:,} | {r.wall_s:.0f} |')
     epochs = {p.name: p.epochs for p in plan.protocols}
     finals = [r for r in result['rows'] if r.epoch == epochs.get(r.protocol)]
@@ -486,7 +507,10 @@ def render(plan: FidelityPlan, units: dict[str, dict[str, Any]], header: str, co
             lines.append(f'- {proto.name}: precise BN tau {_f(precise.tau)} vs running statistics {_f(stale.tau)}; '
                          f'seed sd {_f(precise.seed_sd)} vs {_f(stale.seed_sd)} points.')
         if precise and loss:
-            lines.append(f'- {proto.name}: top-1 tau {_f(precise.tau)} vs validation loss {_f(loss.tau)}.')
+            lines.append(f'- {proto.name}: top-1 tau {_f(precise.tau)} vs validation loss {_f(loss.tau)}; beyond '
+                         f'GMACs {_f(precise.beyond_macs[0])} [{_f(precise.beyond_macs[1])}, '
+                         f'{_f(precise.beyond_macs[2])}] vs {_f(loss.beyond_macs[0])} [{_f(loss.beyond_macs[1])}, '
+                         f'{_f(loss.beyond_macs[2])}].')
         for epoch in range(1, proto.epochs):
             rung, stale_rung = rows.get(('top-1, precise BN', epoch)), rows.get(('top-1, running BN stats', epoch))
             if rung:
