@@ -3,6 +3,7 @@ the memory/torch/DALI loaders (sharding, determinism, geometry), and every bad i
 from __future__ import annotations
 
 import gzip
+import os
 import pickle
 import struct
 import sys
@@ -196,6 +197,16 @@ def test_cifar100_fine_labels(tmp_path):
     assert info.num_classes == 100 and info.classes[7] == 'f7'
 
 
+class _Payload:
+    """A pickle that runs a shell command when loaded with ``pickle.load``."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f'touch {self.marker}',)
+
+
 def test_cifar_truncated_missing_and_foreign(tmp_path):
     folder = write_cifar10(tmp_path / 'cifar-10-batches-py')
     data = (folder / 'data_batch_3').read_bytes()
@@ -205,6 +216,11 @@ def test_cifar_truncated_missing_and_foreign(tmp_path):
     (folder / 'data_batch_3').write_bytes(pickle.dumps([1, 2, 3]))
     with pytest.raises(DataError, match=r'data_batch_3 is not a CIFAR batch \(a pickled dict\)'):
         dataset_info(DataConfig('cifar10', data_dir=str(folder)))
+    marker = tmp_path / 'ran'
+    (folder / 'data_batch_3').write_bytes(pickle.dumps(_Payload(str(marker))))
+    with pytest.raises(DataError, match=r'data_batch_3 was refused: it references posix.system|os.system'):
+        dataset_info(DataConfig('cifar10', data_dir=str(folder)))
+    assert not marker.exists()  # nothing ran
     (folder / 'data_batch_3').unlink()
     with pytest.raises(DataError, match=r'incomplete: data_batch_3 missing'):
         dataset_info(DataConfig('cifar10', data_dir=str(folder)))

@@ -33,6 +33,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -377,10 +378,36 @@ def find_cifar(name: str, data_dir: str | os.PathLike[str] | None = None, *, dow
                     'exists, and pass --data-dir to it or its parent (or allow a download with download=True)')
 
 
+_CIFAR_GLOBALS = frozenset({
+    ('numpy.core.multiarray', '_reconstruct'), ('numpy._core.multiarray', '_reconstruct'),
+    ('numpy', 'ndarray'), ('numpy', 'dtype'), ('numpy.core.multiarray', 'scalar'), ('numpy._core.multiarray', 'scalar'),
+    ('_codecs', 'encode'),  # bytes in protocol-2 pickles (str -> bytes; runs nothing)
+})
+"""What a CIFAR python batch may reference: numpy arrays (dtype, ndarray, reconstruct, latin-1 bytes); lists, dicts and
+numbers need no global."""
+
+
+class _Refused(pickle.UnpicklingError):
+    pass
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """An unpickler that builds only what a CIFAR batch holds (the ``pickle`` docs' "Restricting Globals"):
+    a file that names any other global (``os.system``, ``builtins.eval``, ...) is refused before it runs."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in _CIFAR_GLOBALS:
+            return super().find_class(module, name)
+        raise _Refused(f'{module}.{name}')
+
+
 def _read_pickle(path: Path, archive: str) -> dict[str, object]:
     try:
         with open(path, 'rb') as f:
-            obj = pickle.load(f, encoding='bytes')
+            obj = _CifarUnpickler(f, encoding='bytes').load()
+    except _Refused as e:
+        raise DataError(f'{path} was refused: it references {e}, which a CIFAR batch never does, so loading it '
+                        f'could run code; extract {archive} again from a trusted copy') from None
     except OSError as e:
         raise DataError(f'{path} cannot be read ({e.strerror or e}); check its permissions') from None
     except Exception as e:  # a truncated or foreign pickle fails with almost any exception type
