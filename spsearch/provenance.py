@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 import shlex
 import subprocess
 import sys
@@ -15,10 +16,20 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-__all__ = ['command_line', 'git_commit', 'machine', 'markdown_header', 'provenance', 'versions']
+__all__ = ['command_line', 'git_commit', 'machine', 'markdown_header', 'mask_secrets', 'provenance', 'versions']
 
 _PACKAGES = ('torch', 'timm', 'thop', 'optuna', 'accelerate', 'nvidia-dali-cuda130', 'nvidia-dali-cuda120')
 _ROOT = Path(__file__).resolve().parent.parent
+
+
+_URL_PASSWORD = re.compile(r'(://[^:/@\s]+):[^@\s]*@')
+_QUERY_PASSWORD = re.compile(r'([?&](?:password|passwd|pwd)=)[^&\s]*', re.IGNORECASE)
+
+
+def mask_secrets(text: str) -> str:
+    """``text`` with every URL password masked: ``postgresql://user:pw@host/db`` -> ``postgresql://user:***@host/db``,
+    ``...?password=pw`` -> ``...?password=***``. Used on everything written (search.yaml, study attributes, logs)."""
+    return _QUERY_PASSWORD.sub(r'\1***', _URL_PASSWORD.sub(r'\1:***@', text))
 
 
 def command_line(argv: list[str] | None = None) -> str:
@@ -26,8 +37,8 @@ def command_line(argv: list[str] | None = None) -> str:
     argv = list(sys.argv if argv is None else argv)
     if argv and argv[0].endswith('.py'):
         argv[0] = os.path.relpath(argv[0]) if os.path.isabs(argv[0]) else argv[0]
-        return 'python ' + shlex.join(argv)
-    return shlex.join(argv)
+        return mask_secrets('python ' + shlex.join(argv))
+    return mask_secrets(shlex.join(argv))
 
 
 def git_commit() -> str:

@@ -483,3 +483,19 @@ def test_default_preset_is_the_embedded_default():
         assert cfg.budgets, preset.name
         assert all(key.replace('-', '_') in SearchConfig.field_names()
                    for key in yaml.safe_load(preset.read_text())), preset.name
+
+
+def test_storage_passwords_are_masked_in_everything_written():
+    from spsearch.provenance import mask_secrets
+    assert mask_secrets('postgresql://u:p%40ss@host:5432/db') == 'postgresql://u:***@host:5432/db'
+    assert mask_secrets('mysql+pymysql://root:x@h/db?charset=utf8') == 'mysql+pymysql://root:***@h/db?charset=utf8'
+    assert mask_secrets('postgresql://h/db?user=u&password=pw&port=1') == 'postgresql://h/db?user=u&password=***&port=1'
+    assert mask_secrets('sqlite:///runs/x/study.db') == 'sqlite:///runs/x/study.db'
+    assert mask_secrets('python search.py --storage postgresql://a:b@c/d --n-trials 2') == \
+        'python search.py --storage postgresql://a:***@c/d --n-trials 2'
+
+
+def test_resume_from_a_masked_search_yaml_asks_for_the_storage_again(tmp_path, capsys):
+    (tmp_path / 'search.yaml').write_text('budget_gflops: 2.0\nstorage: postgresql://u:***@h/db\n')
+    code, err = _cli(['--resume', '--output', str(tmp_path)], capsys)
+    assert code == 2 and 'give --storage with the password again' in err

@@ -159,7 +159,8 @@ def postgres_url():
                     f"-p {port} -k {sock} -c listen_addresses='' -c fsync=off", 'start'], check=True,
                    capture_output=True)
     try:
-        yield f'postgresql://postgres@/postgres?host={sock}&port={port}'
+        # trust authentication accepts any password: the URL carries one to check that it is never written
+        yield f'postgresql://postgres:s3cret-pw@/postgres?host={sock}&port={port}'
     finally:
         subprocess.run([*as_user, str(bindir / 'pg_ctl'), '-D', str(data), '-m', 'immediate', 'stop'],
                        capture_output=True)
@@ -169,6 +170,12 @@ def postgres_url():
 def test_two_workers_share_a_real_postgresql_server(tmp_path, postgres_url):
     study, results = _two_workers(postgres_url, tmp_path, n=6)
     _check_shared_study(study, results, n=6)
+    # the storage password is in no file, study attribute or log line
+    written = [p.read_text(errors='replace') for p in tmp_path.rglob('*') if p.is_file() and p.suffix != '.db']
+    assert written and not [t for t in written if 's3cret-pw' in t]
+    assert 's3cret-pw' not in json.dumps(study.user_attrs)
+    assert all('s3cret-pw' not in r.stdout + r.stderr for r in results)
+    assert 'postgres:***@' in (tmp_path / 'w0' / 'search.yaml').read_text()
 
 
 def test_accelerate_two_processes_sample_once_per_trial(tmp_path):

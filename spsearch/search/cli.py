@@ -9,7 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..cli import ArgumentParser, option_values, parse_with_config, prog_name, run_cli
+from ..cli import ArgumentParser, CliError, option_values, parse_with_config, prog_name, run_cli
 from ..options import add_arguments
 from .config import MODES, SearchConfig
 
@@ -62,6 +62,10 @@ def _resolve(argv: list[str]) -> tuple[str, SearchConfig]:
         if stored.exists():
             args = parse_with_config(build_parser(), ['-c', str(stored), *argv])
             args.resume = True
+            if '***' in str(args.storage or '') and not any(a == '--storage' or a.startswith('--storage=')
+                                                             for a in argv):
+                raise CliError(f'{stored} stores the storage URL without its password ({args.storage}); give '
+                               f'--storage with the password again (it is never written to disk)')
     return args.mode, SearchConfig.from_dict(option_values(args, SearchConfig), source=args.config or 'options')
 
 

@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import os
-import re
 import socket
 import time
 import warnings
@@ -25,6 +24,7 @@ from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from ..errors import ConfigError
+from ..provenance import mask_secrets
 from .record import TrialRecord
 
 __all__ = [
@@ -112,7 +112,7 @@ class StorageSpec:
         """The location with any password masked, for logs and reports."""
         if self.kind == 'journal':
             return f'journal file {self.url}'
-        return re.sub(r'(://[^:/@]+):[^@]*@', r'\1:***@', self.url)
+        return mask_secrets(self.url)
 
     def cli_hint(self) -> str:
         """How to read the study with Optuna's tools."""

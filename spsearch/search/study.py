@@ -24,6 +24,7 @@ from optuna.trial import TrialState
 
 from ..errors import ConfigError
 from ..io import atomic_write_yaml
+from ..provenance import mask_secrets
 from ..space import SearchSpace
 from .budgets import LatencyCache, best_uniform, check_latency_budget, check_space_budgets, latency_protocol
 from .config import SearchConfig
@@ -77,6 +78,14 @@ def _space(cfg: SearchConfig) -> tuple[SearchSpace, list[str]]:
         notes.append('no budget given: the search is unconstrained (--budget-gflops, --budget-params, '
                      '--budget-latency-ms)')
     return space, notes
+
+
+def _public(cfg: SearchConfig) -> dict[str, Any]:
+    """The flat configuration as stored (``search.yaml``, the study's attributes): passwords masked."""
+    values = cfg.to_dict()
+    if values.get('storage'):
+        values['storage'] = mask_secrets(values['storage'])
+    return values
 
 
 def _study_names(spec: StorageSpec, must_exist: bool) -> tuple[optuna.storages.BaseStorage, list[str]]:
@@ -193,7 +202,7 @@ def open_search(cfg: SearchConfig, *, log: Any = print, command: str | None = No
         notes.append('another worker is running this SQLite study: SQLite serialises writers and may fail '
                      'with "database is locked"; for parallel workers use a journal file (--storage study.log) '
                      'or PostgreSQL/MySQL (--storage postgresql://...)')
-    atomic_write_yaml(output / 'search.yaml', cfg.to_dict())
+    atomic_write_yaml(output / 'search.yaml', _public(cfg))
     cache = LatencyCache(output / 'latency_cache.json') if protocol is not None else None
     return OpenStudy(cfg, space, spec, study, output, notes, protocol, cache)
 
@@ -202,8 +211,8 @@ def _initialise(study: optuna.Study, space: SearchSpace, cfg: SearchConfig, iden
                 command: str | None, notes: list[str]) -> None:
     """A new study's attributes, metric names and paper baseline."""
     study.set_user_attr(_IDENTITY, identity)
-    study.set_user_attr(_COMMAND, command or '')
-    study.set_user_attr(_CONFIG, cfg.to_dict())
+    study.set_user_attr(_COMMAND, mask_secrets(command or ''))
+    study.set_user_attr(_CONFIG, _public(cfg))
     with warnings.catch_warnings():
         warnings.simplefilter('ignore', optuna.exceptions.ExperimentalWarning)
         study.set_metric_names(['proxy_top1', cfg.mo_metric] if cfg.multi_objective else ['proxy_top1'])
