@@ -263,7 +263,12 @@ def main(argv: list[str] | None = None) -> int:
             raise CliError(f'--{flag.replace("_", "-")} must be >= {0 if flag == "warmup" else 1}')
     if any(b < 1 for b in args.batch_size):
         raise CliError('--batch-size values must be >= 1')
-    device = torch.device(args.device)
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        raise CliError(f'--device {args.device!r} is not a torch device; use cpu, cuda or cuda:N') from None
+    if device.type not in ('cpu', 'cuda'):
+        raise CliError(f'--device {args.device} is not supported here; use cpu, cuda or cuda:N')
     if device.type == 'cuda' and not torch.cuda.is_available():
         raise CliError('--device cuda asked for but torch sees no CUDA device; use --device cpu')
 

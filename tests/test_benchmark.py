@@ -54,6 +54,8 @@ def test_benchmark_train_with_memory_probe(capsys, tmp_path):
     (['--model', 'sp_resnet20', '--batch-size', '0'], '--batch-size'),
     (['--model', 'sp_resnet20', '--memory-repeats', '0'], '--memory-repeats'),
     (['--model', 'sp_resnet20', '--device', 'cuda:0'], 'CUDA'),
+    (['--model', 'sp_resnet20', '--device', 'tpu'], "--device 'tpu' is not a torch device"),
+    (['--model', 'sp_resnet20', '--device', 'mps'], '--device mps is not supported'),
 ])
 def test_benchmark_bad_input_is_one_line_exit_2(argv, message, capsys, monkeypatch):
     monkeypatch.setattr('torch.cuda.is_available', lambda: False)

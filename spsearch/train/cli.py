@@ -8,7 +8,7 @@ import argparse
 import sys
 from datetime import datetime
 
-from ..cli import ArgumentParser, option_values, parse_with_config, prog_name, run_cli
+from ..cli import ArgumentParser, CliError, option_values, parse_with_config, prog_name, run_cli
 from ..options import add_arguments
 from .config import TrainConfig
 
@@ -49,6 +49,8 @@ def resolve_config(argv: list[str] | None = None) -> TrainConfig:
     args = parse_with_config(build_parser(), argv)
     values = option_values(args, TrainConfig)
     given = 'output' in args.config_values or any(a == '--output' or a.startswith('--output=') for a in argv)
+    if values['resume'] == 'auto' and (values['output'] is None):
+        raise CliError('--resume continues the run in --output: give --output RUN_FOLDER (or --resume CHECKPOINT)')
     if values['output'] is None and not given and not values['evaluate_only']:
         stamp = datetime.now().strftime('%Y%m%d-%H%M%S')
         values['output'] = f'runs/train/{values["dataset"]}-{values["model"]}-{stamp}'
