@@ -499,3 +499,11 @@ def test_resume_from_a_masked_search_yaml_asks_for_the_storage_again(tmp_path, c
     (tmp_path / 'search.yaml').write_text('budget_gflops: 2.0\nstorage: postgresql://u:***@h/db\n')
     code, err = _cli(['--resume', '--output', str(tmp_path)], capsys)
     assert code == 2 and 'give --storage with the password again' in err
+
+
+def test_a_journal_file_that_is_not_a_journal_is_one_line(tmp_path, capsys):
+    (tmp_path / 'bad.log').write_text('garbage{\n')
+    code, err = _cli(['--budget-gflops', '2', '--storage', str(tmp_path / 'bad.log'), '--output',
+                      str(tmp_path / 'out')], capsys)
+    assert code == 2 and 'is not an Optuna journal file' in err and '\n' not in err
+    assert not (tmp_path / 'out').exists()

@@ -11,6 +11,7 @@
 """
 from __future__ import annotations
 
+import json
 import os
 import socket
 import time
@@ -156,9 +157,13 @@ def open_storage(spec: StorageSpec, *, must_exist: bool = False) -> BaseStorage:
     if spec.kind == 'journal':
         from optuna.storages.journal import JournalFileBackend, JournalStorage
         try:
+            _check_journal(file)
             return JournalStorage(JournalFileBackend(str(file)))
         except OSError as e:
             raise ConfigError(f'cannot open storage {spec.display()}: {e.strerror or e}') from None
+        except (ValueError, KeyError, TypeError) as e:  # the log is replayed on opening: a line that is not JSON
+            raise ConfigError(f'{file} is not an Optuna journal file (JSON lines; {type(e).__name__}: '
+                              f'{str(e)[:120]}); give another --storage path or restore the file') from None
     engine_kwargs: dict[str, Any] = {'pool_pre_ping': True}
     if spec.is_sqlite:
         # wait for a lock instead of failing at once with "database is locked"
@@ -183,6 +188,19 @@ def open_storage(spec: StorageSpec, *, must_exist: bool = False) -> BaseStorage:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise ConfigError(f'cannot reach storage {spec.display()}: {first[:300]}') from None
     raise AssertionError('unreachable')
+
+
+def _check_journal(file: Path | None) -> None:
+    """Raise ``ValueError`` unless every complete line of ``file`` is a JSON object (Optuna skips only a last,
+    unfinished line, and would fail on the rest at the next read, after a trial has started)."""
+    if file is None or not file.exists():
+        return
+    with open(file, 'rb') as f:
+        for number, line in enumerate(f, 1):
+            if not line.endswith(b'\n') or not line.strip():
+                continue
+            if not isinstance(json.loads(line), dict):
+                raise ValueError(f'line {number} is not a JSON object')
 
 
 def _schema_race(error: Exception) -> bool:
