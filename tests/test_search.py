@@ -507,3 +507,10 @@ def test_a_journal_file_that_is_not_a_journal_is_one_line(tmp_path, capsys):
                       str(tmp_path / 'out')], capsys)
     assert code == 2 and 'is not an Optuna journal file' in err and '\n' not in err
     assert not (tmp_path / 'out').exists()
+
+
+def test_a_proxy_resolution_the_model_cannot_take_is_refused_before_anything_is_written(tmp_path, capsys):
+    code, err = _cli(['--model', 'sp_vgg16_cifar', '--budget-gflops', '0.3', '--proxy-img-size', '8', '--output',
+                      str(tmp_path / 'out')], capsys)
+    assert code == 2 and 'cannot take 8x8 inputs' in err and '--proxy-img-size' in err
+    assert not (tmp_path / 'out').exists()

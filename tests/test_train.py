@@ -190,7 +190,7 @@ def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, capsys):
 
 @pytest.mark.parametrize('case', ['missing_dir', 'empty_dir', 'truncated_cifar', 'bad_yaml', 'unknown_key',
                                   'unknown_model', 'batch_too_large', 'bad_model_kwargs', 'bad_choice', 'fp16_cpu',
-                                  'resume_without_output'])
+                                  'resume_without_output', 'input_too_small'])
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(case, tmp_path, capsys):
     out = tmp_path / 'out'
     base = ['--epochs', '1', '--output', str(out), '--no-progress', '--img-size', '16']
@@ -220,6 +220,8 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(case, tmp_path, capsys)
         argv = ['--dataset', 'synthetic', '--model-kwargs', 'sp_alpha=1.5'] + base
     elif case == 'bad_choice':
         argv = ['--dataset', 'imagenet'] + base
+    elif case == 'input_too_small':
+        argv = ['--dataset', 'synthetic', '--model', 'sp_vgg16_cifar', *base[:-1], '8']
     elif case == 'resume_without_output':
         argv = ['--dataset', 'synthetic', '--resume', '--epochs', '1', '--no-progress']
     else:

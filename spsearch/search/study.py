@@ -135,7 +135,9 @@ def _identity_diff(stored: dict[str, Any], now: dict[str, Any], prefix: str = ''
 def _check_dataset(cfg: SearchConfig) -> None:
     """Fail now (one line) if the proxy data set is missing, not after the study was opened."""
     from ..data import dataset_info
-    dataset_info(cfg.proxy_train_config().data)
+    from ..train.loop import check_input_size
+    info = dataset_info(cfg.proxy_train_config().data)
+    check_input_size(cfg.proxy_train_config(), info.num_classes, '--proxy-img-size')
 
 
 def open_search(cfg: SearchConfig, *, log: Any = print, command: str | None = None) -> OpenStudy:

@@ -37,8 +37,8 @@ from ..timing import process_peak_memory_mb
 from .checkpoint import export_weights, load_checkpoint, load_weights, rng_state, save_checkpoint, set_rng_state
 from .config import TrainConfig
 
-__all__ = ['PRECISE_BN_EPOCH', 'EpochCallback', 'TrainResult', 'build_model', 'evaluate', 'make_accelerator',
-           'precise_bn', 'train']
+__all__ = ['PRECISE_BN_EPOCH', 'EpochCallback', 'TrainResult', 'build_model', 'check_input_size', 'evaluate',
+           'make_accelerator', 'precise_bn', 'train']
 
 EpochCallback = Callable[[int, dict[str, float]], bool]
 """``callback(epoch, metrics) -> stop``: called on the main process after each evaluation."""
@@ -117,6 +117,28 @@ def build_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
         return timm.create_model(cfg.model, **kwargs)
     except (ValueError, TypeError, KeyError) as e:
         raise ConfigError(f'cannot build {cfg.model} with {cfg.model_kwargs}: {e}') from None
+
+
+def check_input_size(cfg: TrainConfig, num_classes: int, flag: str = '--img-size') -> tuple[int, int, int]:
+    """Build ``cfg``'s model on the meta device and run one forward at its input size (no memory, no compute).
+
+    Returns:
+        The (C, H, W) input size.
+
+    Raises:
+        ConfigError: The model cannot take that size (a map shrinks to nothing), in one line.
+    """
+    with torch.device('meta'):
+        model = build_model(cfg, num_classes)
+    size = _input_size(model, cfg)
+    try:
+        with torch.no_grad():
+            model.eval()(torch.empty(2, *size, device='meta'))
+    except (RuntimeError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(f'{cfg.model} cannot take {size[1]}x{size[2]} inputs ({first[:160]}); raise {flag} '
+                          f'(e.g. 32 for the CIFAR layouts)') from None
+    return size
 
 
 def _input_size(model: nn.Module, cfg: TrainConfig) -> tuple[int, int, int]:
@@ -291,6 +313,7 @@ class _Run:
             warnings.warn('bf16 autocast on this CPU can be ~30x slower than fp32 (no AVX-512/AMX); '
                           'mixed precision is meant for the GPU', stacklevel=3)
         info = dataset_info(cfg.data)
+        check_input_size(cfg, info.num_classes)  # before anything is written or allocated
         set_seed(cfg.data.seed)  # identical initialisation on every process and on resume
         model = build_model(cfg, info.num_classes)
         self.params = sum(p.numel() for p in model.parameters())
