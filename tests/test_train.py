@@ -328,3 +328,16 @@ def test_stale_bn_eval_scores_the_run_precise_bn_did_not_change():
         assert both.history[epoch]['val_loss'] == precise.history[epoch]['val_loss']
         assert 'stale_top1' not in precise.history[epoch]
     assert both.history[1]['stale_val_loss'] != both.history[1]['val_loss']
+
+
+def test_a_log_file_gets_plain_progress_lines_not_a_bar(tmp_path):
+    """Without a terminal (retrains, CI, nohup) there is no tqdm bar with carriage returns in the log, only a plain
+    line every --log-interval steps and the epoch line."""
+    done = subprocess.run([sys.executable, str(ROOT / 'train.py'), '--model', 'sp_resnet20', '--dataset', 'synthetic',
+                           '--train-samples', '256', '--batch-size', '32', '--log-interval', '4', '--epochs', '1',
+                           '--img-size', '16', '--output', 'none'], capture_output=True, text=True, cwd=tmp_path,
+                          env={**os.environ, 'PYTHONPATH': str(ROOT)}, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    log = done.stdout + done.stderr
+    assert '\r' not in log and '%|' not in log
+    assert 'epoch 1/1 step 4/8: loss ' in done.stdout and 'epoch 1/1  lr' in done.stdout

@@ -417,7 +417,9 @@ class _Run:
         loss_sum = torch.zeros((), dtype=torch.float64, device=acc.device)
         nonfinite = torch.zeros((), dtype=torch.int64, device=acc.device)
         seen, start, steps = 0, time.perf_counter(), len(loader)
-        with _progress(steps, f'epoch {epoch + 1}/{cfg.epochs}', self.main and cfg.progress) as bar:
+        # a bar on a terminal; in a log file (retrains, CI, nohup) a plain line every log_interval steps instead
+        tty = sys.stderr.isatty()
+        with _progress(steps, f'epoch {epoch + 1}/{cfg.epochs}', self.main and cfg.progress and tty) as bar:
             for step, (images, targets) in enumerate(loader):
                 if cfg.channels_last:
                     images = images.contiguous(memory_format=torch.channels_last)
@@ -440,9 +442,12 @@ class _Run:
                 if (step + 1) % cfg.log_interval == 0 or step + 1 == steps:
                     if _any_process(acc, bool(nonfinite.item())):
                         return {}, True
+                    rate = seen * acc.num_processes / (time.perf_counter() - start)
                     if bar is not None:
-                        elapsed = time.perf_counter() - start
-                        bar.set_postfix(loss=f'{loss.item():.3f}', img_s=f'{seen * acc.num_processes / elapsed:.0f}')
+                        bar.set_postfix(loss=f'{loss.item():.3f}', img_s=f'{rate:.0f}')
+                    elif not tty and step + 1 < steps:
+                        self.log(f'epoch {epoch + 1}/{cfg.epochs} step {step + 1}/{steps}: loss {loss.item():.3f}, '
+                                 f'{rate:.0f} img/s')
                 if bar is not None:
                     bar.update(1)
         elapsed = time.perf_counter() - start
