@@ -317,3 +317,17 @@ def test_adding_a_family_is_one_module(tmp_path):
     done = subprocess.run([sys.executable, '-c', ADD_FAMILY_CHECK, str(tmp_path)], capture_output=True, text=True,
                           timeout=300, cwd=tmp_path)
     assert done.returncode == 0 and 'family ok' in done.stdout, done.stderr[-2000:]
+
+
+@pytest.mark.parametrize('name', sp_models())
+def test_fx_trace_of_every_registered_model(name):
+    """torch.fx symbolic tracing (timm's feature_cls='fx', torchvision's feature extraction) gives the outputs."""
+    from torch.fx import symbolic_trace
+    model = timm.create_model(name).eval()
+    randomize_bn(model)
+    traced = symbolic_trace(model)
+    x = torch.randn(2, *small_input_size(name))
+    with torch.no_grad():
+        expected = model(x)  # the fast path where the model has one; the trace runs the reference formulation
+        scale = float(expected.abs().max())
+        torch.testing.assert_close(traced(x), expected, rtol=1e-3, atol=1e-4 * scale)

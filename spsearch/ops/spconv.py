@@ -35,6 +35,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.fx._symbolic_trace import is_fx_symbolic_tracing
 
 from . import fast_paths
 from .affine import bn_affine, scale_conv_
@@ -200,7 +201,9 @@ class SPConv2d(nn.Module):
         self.impl = impl
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.impl != 'reference':
+        # the fast paths choose by the input's shape and device; under torch.fx tracing (timm's feature_cls='fx',
+        # torchvision's feature extraction) the reference formulation, which has no data-dependent branch, runs
+        if self.impl != 'reference' and not is_fx_symbolic_tracing():
             out = fast_paths.forward(self, x)
             if out is not None:
                 return out
