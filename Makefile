@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.spsearch-installed
 ARGS ?=
 
-.PHONY: setup search test test-slow test-all lint typecheck pytest paper-costs model-complexity gpu-check gpu-wheels
+.PHONY: setup search test test-slow test-all lint typecheck pytest paper-costs model-complexity proxy-fidelity gpu-check gpu-wheels
 
 $(STAMP): setup.cfg pyproject.toml scripts/setup.sh scripts/fetch_fashion_mnist.sh
 	PYTHON=$(PYTHON) VENV=$(VENV) scripts/setup.sh
@@ -42,6 +42,10 @@ paper-costs: $(STAMP)
 
 model-complexity: $(STAMP)
 	$(PY) tools/model_complexity.py
+
+# results/proxy_fidelity.md: hours on a 2-core CPU; resumes, so ARGS="--max-minutes 90" spreads it over runs.
+proxy-fidelity: $(STAMP)
+	$(PY) tools/proxy_fidelity.py --jobs 2 $(ARGS)
 
 # Every check that needs a CUDA GPU (tools/gpu_check.py): results/gpu_check.md. Without a GPU: one line,
 # exit 0. On the GPU machine (no registry) it uses python3 there and the wheels `make gpu-wheels` put in wheels/.
