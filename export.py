@@ -104,15 +104,15 @@ def main(argv: list[str] | None = None) -> int:
     from spsearch.train.checkpoint import load_weights
 
     state = load_weights(weights) if weights is not None else None
-    num_classes = args.num_classes
-    if num_classes is None and state is not None:
-        probe = timm.create_model(model_name, **kwargs)
-        head = f'{probe.default_cfg.get("classifier", "fc")}.weight'
-        num_classes = int(state[head].shape[0]) if head in state else None
     try:
-        model = timm.create_model(model_name, **kwargs, **({'num_classes': num_classes} if num_classes else {}))
+        model = timm.create_model(model_name, **kwargs, **({'num_classes': args.num_classes}
+                                                          if args.num_classes else {}))
     except (TypeError, ValueError, KeyError) as e:
         raise ConfigError(f'cannot build {model_name} with {kwargs}: {e}') from None
+    head = f'{model.default_cfg.get("classifier", "fc")}.weight'
+    if state is not None and not args.num_classes and head in state \
+            and state[head].shape[0] != model.get_classifier().weight.shape[0]:
+        model.reset_classifier(int(state[head].shape[0]))  # the classifier width of the trained weights
     if state is not None:
         try:
             model.load_state_dict(state)

@@ -28,7 +28,7 @@ import random
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
@@ -323,7 +323,6 @@ class ScoreRow:
     wall_s: float
     n: int = 0
     beyond_macs: tuple[float, float, float] = (math.nan, math.nan, math.nan)
-    notes: list[str] = field(default_factory=list)
 
 
 SCORES: dict[str, tuple[str, float]] = {
