@@ -21,6 +21,7 @@ done, so a study can be spread over several runs (``max_minutes``) and survives 
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -36,7 +37,7 @@ from typing import Any
 from ..errors import ConfigError
 from ..io import atomic_write_json
 from ..space import Architecture, SearchSpace, StageChoice
-from .budgets import best_uniform, random_in_budget
+from .budgets import best_uniform, random_in_budget, within_budgets
 from .config import SearchConfig
 
 __all__ = ['DEFAULT_PROTOCOLS', 'FidelityPlan', 'Protocol', 'ScoreRow', 'analyze', 'bootstrap_tau', 'kendall_tau',
@@ -135,7 +136,7 @@ def plan_study(cfg: SearchConfig, space: SearchSpace, n_architectures: int, prot
     archs: list[Architecture] = []
     roles: list[str] = []
     paper = space.paper_arch()
-    if space.contains(paper) and _fits(space, paper, cfg.budgets):
+    if space.contains(paper) and within_budgets(space, paper, cfg.budgets):
         archs.append(paper)
         roles.append('paper')
     uniform = best_uniform(space, cfg.budgets)
@@ -159,9 +160,15 @@ def plan_study(cfg: SearchConfig, space: SearchSpace, n_architectures: int, prot
     return FidelityPlan(_json(cfg.to_dict()), labels, roles, list(protocols), list(seeds))
 
 
-def _fits(space: SearchSpace, arch: Architecture, budgets: dict[str, float]) -> bool:
-    cost = space.cost(arch)
-    return cost.macs / 1e9 <= budgets.get('gmacs', math.inf) and cost.params / 1e6 <= budgets.get('mparams', math.inf)
+@functools.lru_cache(maxsize=4)
+def _settings(search_json: str) -> tuple[SearchConfig, SearchSpace]:
+    """The search settings and space of a plan (built once per process: each build counts every stage)."""
+    cfg = SearchConfig.from_dict(json.loads(search_json))
+    return cfg, SearchSpace.build(cfg.model, cfg.alphas, cfg.groups, cfg.eval_img_size)
+
+
+def _plan_settings(plan: FidelityPlan) -> tuple[SearchConfig, SearchSpace]:
+    return _settings(json.dumps(plan.search, sort_keys=True))
 
 
 def _train_unit(search: dict[str, Any], labels: list[str], protocol: Protocol, seed: int, threads: int,
@@ -171,8 +178,7 @@ def _train_unit(search: dict[str, Any], labels: list[str], protocol: Protocol, s
 
     from ..train import train
     torch.set_num_threads(threads)
-    cfg = SearchConfig.from_dict(search)
-    space = SearchSpace.build(cfg.model, cfg.alphas, cfg.groups, cfg.eval_img_size)
+    cfg, space = _settings(json.dumps(search, sort_keys=True))
     arch = tuple(StageChoice.from_label(label) for label in labels)
     changes: dict[str, Any] = dict(img_size=protocol.img_size, train_samples=protocol.train_samples,
                                    epochs=protocol.epochs, seed=seed, stale_bn_eval=True)
@@ -378,8 +384,7 @@ def analyze(plan: FidelityPlan, units: dict[str, dict[str, Any]], resamples: int
         'stale_mean': [sum(v) / len(v) for v in zip(*[column(target, s, 'stale_top1', target.epochs)
                                                       for s in plan.seeds], strict=True)],
     }
-    cfg = SearchConfig.from_dict(plan.search)
-    space = SearchSpace.build(cfg.model, cfg.alphas, cfg.groups, cfg.eval_img_size)
+    _, space = _plan_settings(plan)
     archs = [tuple(StageChoice.from_label(x) for x in plan.architectures[i]) for i in complete]
     gmacs = [space.cost(a).macs / 1e9 for a in archs]
     t_resid = _residuals(t_mean, gmacs)
@@ -434,8 +439,7 @@ def render(plan: FidelityPlan, units: dict[str, dict[str, Any]], header: str, co
     """``results/proxy_fidelity.md``: the plan, the target's noise, one row per proxy score, the per-architecture
     table and what the numbers say (computed, not written by hand)."""
     result = analyze(plan, units, resamples=resamples)
-    cfg = SearchConfig.from_dict(plan.search)
-    space = SearchSpace.build(cfg.model, cfg.alphas, cfg.groups, cfg.eval_img_size)
+    cfg, space = _plan_settings(plan)
     total = len(plan.units())
     lines = [header, '',
              f'Regenerate (resumes; spread it over runs with `--max-minutes`): `{command}`', '',
