@@ -133,26 +133,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _dali_step(py: str, work: Path, env: dict[str, str], log: Path, data_dir: Path | None) -> dict[str, object]:
-    folder = work / 'fmnist_png'
-    if not (folder / 'train').is_dir():
-        write_imagefolder(folder, train=6000, val=1000, data_dir=data_dir)
+    sys.path.insert(0, str(ROOT / 'benchmarks'))
+    from train_throughput import export_image_folder  # the benchmarks' Fashion-MNIST ImageFolder (cached, atomic)
+    folder = export_image_folder(work / 'fmnist_png', train_samples=6000, val_samples=1000,
+                                 data_dir=str(data_dir) if data_dir else None)
     return _step('DALI mixed ImageFolder epoch', [
         py, 'train.py', '--model', 'sp_resnet20', '--dataset', 'imagefolder', '--data-dir', str(folder),
         '--loader', 'dali', '--epochs', '1', '--img-size', '32', '--output', str(work / 'dali')], 90, env, log)
-
-
-def write_imagefolder(folder: Path, train: int, val: int, data_dir: Path | None = None) -> None:
-    """Fashion-MNIST as an ImageFolder of PNGs (``train/<class>/``, ``val/<class>/``): the first images."""
-    sys.path.insert(0, str(ROOT))
-    from PIL import Image
-
-    from spsearch.data.datasets import find_fashion_mnist, load_fashion_mnist
-    splits = load_fashion_mnist(find_fashion_mnist(data_dir))
-    for name, split, count in (('train', splits[0], train), ('val', splits[1], val)):
-        for i in range(min(count, len(split.labels))):
-            target = folder / name / f'class_{int(split.labels[i])}'
-            target.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(split.images[i].squeeze().numpy()).save(target / f'{i:05d}.png')
 
 
 def _write(output: str, torch: object, steps: list[dict[str, object]], rows: list[dict[str, object]],
