@@ -48,13 +48,11 @@ proxy-fidelity: $(STAMP)
 	$(PY) tools/proxy_fidelity.py --jobs 2 $(ARGS)
 
 # Every check that needs a CUDA GPU (tools/gpu_check.py): results/gpu_check.md. Without a GPU: one line,
-# exit 0. On the GPU machine (no registry) it uses python3 there and the wheels `make gpu-wheels` put in wheels/.
+# exit 0. On the GPU machine (no registry) it uses python3 there and what `make gpu-wheels` prepared to carry:
+# wheels/, data/fashion-mnist/ (a 9 MB subset) and .source-commit.
 GPU_PY := $(if $(wildcard $(PY)),$(PY),python3)
 gpu-check:
 	$(GPU_PY) tools/gpu_check.py
 
 gpu-wheels: $(STAMP)
-	$(PY) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 -d wheels optuna thop alembic \
-		sqlalchemy colorlog mako markupsafe greenlet
-	mkdir -p data/fashion-mnist && cp $$($(PY) -c "from spsearch.data.datasets import find_fashion_mnist; \
-		print(find_fashion_mnist())")/*-ubyte* data/fashion-mnist/
+	$(PY) tools/gpu_check.py --prepare

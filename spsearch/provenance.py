@@ -41,8 +41,13 @@ def command_line(argv: list[str] | None = None) -> str:
     return mask_secrets(shlex.join(argv))
 
 
+SOURCE_COMMIT_FILE = '.source-commit'
+"""Outside git, ``git_commit`` reads the commit a copied tree came from here (git-ignored)."""
+
+
 def git_commit() -> str:
-    """``HEAD``'s hash, with ``+dirty`` when tracked files differ from it; ``unknown`` outside git."""
+    """``HEAD``'s hash, with ``+dirty`` when tracked files differ from it; outside git the commit recorded in
+    ``.source-commit`` (``make gpu-wheels``), else ``unknown``."""
     def run(*args: str) -> str:
         done = subprocess.run(['git', *args], cwd=_ROOT, capture_output=True, text=True, timeout=10)
         if done.returncode:
@@ -52,6 +57,10 @@ def git_commit() -> str:
         commit = run('rev-parse', '--verify', 'HEAD')
         dirty = run('status', '--porcelain', '--untracked-files=no')
     except (OSError, subprocess.SubprocessError):
+        # a copy of the tree without .git (the GPU machine): `make gpu-wheels` records the commit it was copied from
+        stamp = _ROOT / SOURCE_COMMIT_FILE
+        if stamp.is_file():
+            return stamp.read_text().strip() + ' (copied tree, no .git)'
         return 'unknown'
     return commit + ('+dirty' if dirty else '')
 

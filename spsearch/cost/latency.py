@@ -52,7 +52,13 @@ def prepare_model(
         fused: Fold every batch norm (``fold_batchnorms``) for inference.
         channels_last: Use NHWC memory format.
         compile: Wrap in ``torch.compile``.
+
+    On CUDA it turns on cuDNN's algorithm search (``torch.backends.cudnn.benchmark``, for the whole
+    process, as timm's ``benchmark.py`` and ``train.py`` do): fixed shapes, so the warm-up steps pick
+    each conv's fastest kernel for every model alike.
     """
+    if torch.device(device).type == 'cuda':
+        torch.backends.cudnn.benchmark = True
     if train and fused:
         raise ValueError('fused=True folds batch norms for inference; it cannot be combined with train=True')
     model = copy.deepcopy(model).to(device)

@@ -97,6 +97,8 @@ def make_accelerator(cfg: TrainConfig) -> Any:
         raise ConfigError('--mixed-precision fp16 needs a CUDA GPU (on CPU it would silently run fp32); '
                           'use --mixed-precision no (or bf16)')
     kwargs: dict[str, Any] = {'cpu': not cuda}
+    if cuda:
+        torch.backends.cudnn.benchmark = True  # fixed input sizes: cuDNN picks each conv's fastest kernel (as timm)
     if cfg.mixed_precision != 'no':
         kwargs['mixed_precision'] = cfg.mixed_precision
     return Accelerator(**kwargs)
