@@ -108,7 +108,7 @@ class CifarVGG(VGG):
             ('drop', nn.Dropout(drop_rate)),
         ]))
         self.head = ClassifierHead(hidden_features, num_classes, pool_type=global_pool, **dd)
-        self.head_hidden_size = self.head.num_features
+        self.head_hidden_size = hidden_features  # the classifier's input (ClassifierHead.num_features is timm>=1.0.30)
         self._initialize_weights()
 
     def sp_stages(self) -> tuple[StageSpec, ...]:

@@ -47,7 +47,9 @@ class SoftmaxFusion(nn.Module):
         logit = rep.mean((2, 3), keepdim=True) - red.mean((2, 3), keepdim=True)
         if self.gate_scale is not None:
             logit = logit * self.gate_scale
-        return torch.lerp(red, rep, torch.sigmoid(logit))
+        # the weight in the maps' dtype: under autocast the maps are bf16/fp16 while an fp32 gate_scale (a folded
+        # model) makes the logit fp32, and lerp takes one dtype (seen on CUDA, bf16, BN folded)
+        return torch.lerp(red, rep, torch.sigmoid(logit).to(rep.dtype))
 
     @torch.no_grad()
     def fold_output_affine(self, scale: torch.Tensor) -> None:
