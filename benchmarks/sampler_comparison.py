@@ -70,12 +70,12 @@ def _search(args: argparse.Namespace, sampler: str, seed: int) -> dict[str, Any]
         'resume': (out / 'study.db').exists()}, source='--set')
     opened = search(cfg)
     assert opened is not None
-    best = best_trials(opened.trials(), 1)
+    best = best_trials(opened.trials(), 1, score=cfg.score)
     if not best:
         raise SPSearchError(f'the {sampler} search with seed {seed} found no complete in-budget trial')
     trial = best[0]
     arch = opened.space.from_optuna_params(trial.params)
-    return {'cfg': cfg, 'space': opened.space, 'arch': arch, 'proxy_top1': float(trial.values[0]),
+    return {'cfg': cfg, 'space': opened.space, 'arch': arch, 'proxy_score': float(trial.values[0]),
             'gmacs': opened.space.cost(arch).macs / 1e9, 'trials': len(opened.trials())}
 
 
@@ -115,18 +115,18 @@ def main(argv: list[str] | None = None) -> int:
              + '; each search\'s best architecture retrained with the '
              f'search\'s retrain recipe on seeds {", ".join(map(str, args.verify_seeds))} and scored on the test '
              f'split ("verified").', '',
-             '| sampler | search seed | best architecture | GMACs | proxy top-1 | verified top-1 (mean of seeds) |',
+             '| sampler | search seed | best architecture | GMACs | proxy score | verified top-1 (mean of seeds) |',
              '|---|---|---|---|---|---|']
     for sampler, found in rows.items():
         for f in found:
             lines.append(f'| {sampler} | {f["seed"]} | {f["space"].format(f["arch"])} | {f["gmacs"]:.3f} | '
-                         f'{f["proxy_top1"]:.2f} | {sum(f["verified"]) / len(f["verified"]):.2f} |')
+                         f'{f["cfg"].score.format(f["proxy_score"])} | {sum(f["verified"]) / len(f["verified"]):.2f} |')
     lines += ['', '| sampler | verified top-1 of the best found, mean ± 95 % CI over search seeds | '
-              'best proxy top-1 |', '|---|---|---|']
+              'best proxy score |', '|---|---|---|']
     means = {s: [sum(f['verified']) / len(f['verified']) for f in found] for s, found in rows.items()}
     for sampler, found in rows.items():
         lines.append(f'| {sampler} | {estimate(means[sampler])} | '
-                     f'{estimate([f["proxy_top1"] for f in found])} |')
+                     f'{estimate([f["proxy_score"] for f in found])} |')
     if {'tpe', 'random'} <= set(means):
         c = compare(means['tpe'], means['random'])
         lines += ['', f'TPE - random, paired by search seed: {c.difference} points (95 % CI '

@@ -42,12 +42,18 @@ def command_line(argv: list[str] | None = None) -> str:
 
 
 SOURCE_COMMIT_FILE = '.source-commit'
-"""Outside git, ``git_commit`` reads the commit a copied tree came from here (git-ignored)."""
+"""``make gpu-wheels`` records the commit here (git-ignored) before the tree is copied to a GPU machine."""
+SOURCE_COMMIT_ENV = 'SPSEARCH_SOURCE_COMMIT'
+"""``make gpu-check`` puts that record here for every step: a copied tree's own ``.git`` may be missing
+or stale (the device tool's copy carried the session's first commit, so HEAD named the wrong code)."""
 
 
 def git_commit() -> str:
-    """``HEAD``'s hash, with ``+dirty`` when tracked files differ from it; outside git the commit recorded in
-    ``.source-commit`` (``make gpu-wheels``), else ``unknown``."""
+    """``HEAD``'s hash, with ``+dirty`` when tracked files differ from it; ``unknown`` outside git.
+
+    Under ``make gpu-check`` on a copied tree: the commit ``make gpu-wheels`` recorded, with what
+    this tree's git says beside it.
+    """
     def run(*args: str) -> str:
         done = subprocess.run(['git', *args], cwd=_ROOT, capture_output=True, text=True, timeout=10)
         if done.returncode:
@@ -56,13 +62,13 @@ def git_commit() -> str:
     try:
         commit = run('rev-parse', '--verify', 'HEAD')
         dirty = run('status', '--porcelain', '--untracked-files=no')
+        here = commit + ('+dirty' if dirty else '')
     except (OSError, subprocess.SubprocessError):
-        # a copy of the tree without .git (the GPU machine): `make gpu-wheels` records the commit it was copied from
-        stamp = _ROOT / SOURCE_COMMIT_FILE
-        if stamp.is_file():
-            return stamp.read_text().strip() + ' (copied tree, no .git)'
-        return 'unknown'
-    return commit + ('+dirty' if dirty else '')
+        here = 'unknown'
+    recorded = os.environ.get(SOURCE_COMMIT_ENV)
+    if recorded:
+        return f'{recorded} (copied tree, recorded by make gpu-wheels; its git says {here})'
+    return here
 
 
 def _cpu_name() -> str:

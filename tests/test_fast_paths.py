@@ -207,12 +207,17 @@ def test_dense_impl_validation_and_auto_rule():
     torch.testing.assert_close(m(x), paper_spconv(m, x))
 
 
-def test_auto_applies_the_cpu_rule_on_cpu_only():
-    """The rule and the GEMM thresholds were measured on one CPU: on any other device type ``auto``
-    resolves to the reference, at each forward from the input's device."""
+def test_auto_applies_each_device_types_measured_rule():
+    """The CPU rule and the GEMM thresholds were measured on one CPU, the CUDA rule on one H200 (dense at batch
+    256+ under bf16/fp16, else the reference); any other device type gets the reference, decided at each
+    forward from the input's device, batch and precision."""
     for training in (False, True):
         assert auto_impl(16, 2, 3, 1, 1, training, device_type='cuda') == 'reference'
-        assert auto_impl(16, 2, 3, 1, 1, training, 'meta') == 'reference'
+        assert auto_impl(16, 2, 3, 1, 1, training, 'cuda', 64, reduced_precision=True) == 'reference'
+        assert auto_impl(16, 2, 3, 1, 1, training, 'cuda', 256, reduced_precision=False) == 'reference'
+        assert auto_impl(16, 2, 3, 1, 1, training, 'cuda', 256, reduced_precision=True) == 'dense'
+        assert auto_impl(16, 2, 3, 2, 2, training, 'cuda', 256, reduced_precision=True) == 'reference'  # can't run
+        assert auto_impl(16, 2, 3, 1, 1, training, 'meta', 256, reduced_precision=True) == 'reference'
         assert auto_impl(16, 2, 3, 1, 1, training, 'cpu') == auto_impl(16, 2, 3, 1, 1, training)
     assert auto_impl(16, 2, 3, 1, 1, training=True) == 'dense'
     m = SPConv2d(16, 16, device='meta')

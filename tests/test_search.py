@@ -20,6 +20,7 @@ from spsearch.search import cli as search_cli
 from spsearch.search.budgets import Costs, check_space_budgets, constraints, latency_bounds, latency_protocol
 from spsearch.search.reports import pareto_front
 from spsearch.search.samplers import InBudgetSampler
+from spsearch.search.score import PROXY_SCORES
 from spsearch.space import SearchSpace, StageChoice
 
 from helpers import ROOT, sp_models
@@ -158,7 +159,26 @@ def test_ties_go_to_the_cheaper_architecture():
 
     trials = [trial(0, 75.5, 1.9, 8.0, 'a'), trial(1, 75.5 + 1e-12, 1.4, 9.0, 'b'), trial(2, 75.5, 1.4, 7.0, 'c'),
               trial(3, 76.0, 1.95, 9.0, 'd')]
-    assert [t.number for t in best_trials(trials)] == [3, 2, 1, 0]
+    assert [t.number for t in best_trials(trials, score=PROXY_SCORES['top1'])] == [3, 2, 1, 0]
+    losses = [trial(0, 0.41, 1.9, 8.0, 'a'), trial(1, 0.41 + 1e-12, 1.4, 9.0, 'b'), trial(2, 0.41, 1.4, 7.0, 'c'),
+              trial(3, 0.40, 1.95, 9.0, 'd')]
+    assert [t.number for t in best_trials(losses, score=PROXY_SCORES['val_loss'])] == [3, 2, 1, 0]
+    assert [t.number for t in best_trials(losses, 2, score=PROXY_SCORES['top1'])] == [2, 1]  # the other way round
+
+
+def test_the_pruner_never_acts_before_epoch_2():
+    """The fidelity study's epoch-1 rung did not rank: no pruner is built for 1-2 epochs, and from 3 on the
+    rungs start at epoch 2."""
+    from spsearch.search.study import PRUNE_FROM_EPOCH, _pruner
+    assert PRUNE_FROM_EPOCH == 2
+    for epochs in (1, 2):
+        assert isinstance(_pruner(SearchConfig.from_dict({**TINY, 'proxy_epochs': epochs})), optuna.pruners.NopPruner)
+    sh = _pruner(SearchConfig.from_dict({**TINY, 'proxy_epochs': 3}))
+    assert isinstance(sh, optuna.pruners.SuccessiveHalvingPruner) and sh._min_resource == 2
+    hb = _pruner(SearchConfig.from_dict({**TINY, 'proxy_epochs': 9, 'pruner': 'hyperband'}))
+    assert isinstance(hb, optuna.pruners.HyperbandPruner) and hb._min_resource == 2
+    median = _pruner(SearchConfig.from_dict({**TINY, 'proxy_epochs': 3, 'pruner': 'median'}))
+    assert isinstance(median, optuna.pruners.MedianPruner) and median._n_warmup_steps == 1
 
 
 def test_pareto_front():
@@ -230,12 +250,15 @@ def test_tiny_study_reports(tiny_study):
     out = Path(cfg.output_dir)
     rows = list(csv.DictReader((out / 'trials.csv').open()))
     assert len(rows) == 8
-    assert {'alpha1', 'groups3', 'gmacs', 'mparams', 'latency_ms', 'proxy_top1', 'epochs', 'trial_s'} <= set(rows[0])
+    assert {'alpha1', 'groups3', 'gmacs', 'mparams', 'latency_ms', 'proxy_score', 'final_val_loss', 'final_top1',
+            'epochs', 'trial_s'} <= set(rows[0])
     front = list(csv.DictReader((out / 'pareto_gmacs.csv').open()))
     assert front and (out / 'pareto_gmacs.png').read_bytes()[:4] == b'\x89PNG'
     best = yaml.safe_load((out / 'best.yaml').read_text())
     complete = [t for t in run.study.get_trials() if t.state == TrialState.COMPLETE]
-    top = max(complete, key=lambda t: t.value)
+    top = min(complete, key=lambda t: t.value)  # the default score, validation loss, is minimised
+    assert run.study.direction == optuna.study.StudyDirection.MINIMIZE and cfg.proxy_score == 'val_loss'
+    assert all(t.value == pytest.approx(t.user_attrs['final_val_loss']) for t in complete)
     assert best['model'] == 'sp_resnet20' and best['epochs'] == cfg.retrain_epochs
     assert best['model_kwargs'] == {k: list(v) for k, v in run.space.model_kwargs(
         run.space.from_optuna_params(top.params)).items()}
@@ -326,18 +349,22 @@ def test_multi_objective_nsga2_without_pruning(tmp_path):
     complete = [t for t in run.study.get_trials() if t.state == TrialState.COMPLETE]
     assert complete and all(len(t.values) == 2 and t.values[1] == pytest.approx(t.user_attrs['gmacs'])
                             and t.user_attrs['epochs'] == 2 for t in complete)
-    assert run.study.metric_names == ['proxy_top1', 'gmacs']
+    assert run.study.metric_names == ['proxy_val_loss', 'gmacs']
 
 
 def test_a_candidate_that_trained_every_epoch_is_never_pruned(tmp_path, monkeypatch):
-    """The pruner is asked after the last epoch too (its rungs), but a fully trained candidate stays COMPLETE."""
+    """The pruner is asked after the last epoch too (its rungs), but a fully trained candidate stays COMPLETE; and
+    nothing is pruned at epoch 1 whatever the pruner says (the fidelity study's epoch-1 rung did not rank)."""
     monkeypatch.setattr(optuna.trial.Trial, 'should_prune', lambda self: True)
-    cfg = SearchConfig.from_dict({**TINY, 'budget_gflops': 0.03, 'n_trials': 4, 'proxy_epochs': 1, 'sampler': 'random',
+    cfg = SearchConfig.from_dict({**TINY, 'budget_gflops': 0.03, 'n_trials': 4, 'proxy_epochs': 3, 'sampler': 'random',
                                   'output': str(tmp_path)})
     run = search(cfg)
     assert run is not None
-    trained = [t for t in run.study.get_trials() if t.user_attrs.get('epochs') == cfg.proxy_epochs]
+    trials = run.study.get_trials()
+    trained = [t for t in trials if t.user_attrs.get('epochs') == cfg.proxy_epochs]
     assert trained and all(t.state == TrialState.COMPLETE for t in trained)
+    pruned = [t for t in trials if t.state == TrialState.PRUNED and t.user_attrs.get('epochs')]
+    assert pruned and all(t.user_attrs['epochs'] == 2 for t in pruned)
 
 
 def test_timeout_stops_starting_trials_and_the_summary_says_the_study_is_short(tmp_path):

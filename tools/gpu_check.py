@@ -57,26 +57,37 @@ def _has_cuda() -> bool:
 def prepare() -> int:
     """``make gpu-wheels``: wheels/, the Fashion-MNIST subset in data/fashion-mnist/, .source-commit."""
     sys.path.insert(0, str(ROOT))
-    from spsearch.data.datasets import FASHION_MNIST_FILES, _idx_file, find_fashion_mnist, read_idx
-    from spsearch.io import atomic_write_bytes, atomic_write_text
+    from spsearch.data.datasets import find_fashion_mnist
+    from spsearch.io import atomic_write_text
     from spsearch.provenance import SOURCE_COMMIT_FILE, git_commit
     subprocess.run([sys.executable, '-m', 'pip', 'download', '-q', '--no-deps', '--only-binary=:all:',
                     '--python-version', '3.12', '-d', str(ROOT / 'wheels'), *WHEELS], check=True)
-    source = find_fashion_mnist()
     target = ROOT / 'data' / 'fashion-mnist'
+    write_fashion_subset(find_fashion_mnist(), target, SUBSET_TRAIN)
+    atomic_write_text(ROOT / SOURCE_COMMIT_FILE, git_commit() + '\n')
+    print(f'gpu-wheels: wheels/ ({len(list((ROOT / "wheels").glob("*.whl")))} wheels), {target} '
+          f'({SUBSET_TRAIN} training + test images), {SOURCE_COMMIT_FILE} ({git_commit()}); carry the three')
+    return 0
+
+
+def write_fashion_subset(source: Path, target: Path, train_images: int) -> None:
+    """Write the first ``train_images`` training images and labels and the whole test split as gzipped IDX.
+
+    Raises:
+        DataError: If ``source`` holds no readable Fashion-MNIST.
+    """
+    sys.path.insert(0, str(ROOT))
+    from spsearch.data.datasets import FASHION_MNIST_FILES, _idx_file, read_idx
+    from spsearch.io import atomic_write_bytes
     for split, stems in FASHION_MNIST_FILES.items():
         for stem, ndim in zip(stems, (3, 1), strict=True):
             path = _idx_file(source, stem)
             assert path is not None
             dims, data = read_idx(path, ndim)
             assert data is not None
-            keep = data[:SUBSET_TRAIN] if split == 'train' else data
+            keep = data[:train_images] if split == 'train' else data
             header = bytes([0, 0, 8, ndim]) + b''.join(int(d).to_bytes(4, 'big') for d in (len(keep), *dims[1:]))
             atomic_write_bytes(target / f'{stem}.gz', gzip.compress(header + keep.tobytes(), mtime=0))
-    atomic_write_text(ROOT / SOURCE_COMMIT_FILE, git_commit() + '\n')
-    print(f'gpu-wheels: wheels/ ({len(list((ROOT / "wheels").glob("*.whl")))} wheels), {target} '
-          f'({SUBSET_TRAIN} training + test images), {SOURCE_COMMIT_FILE} ({git_commit()}); carry the three')
-    return 0
 
 
 def _ensure_packages(site: Path) -> list[str]:
@@ -205,6 +216,10 @@ def main(argv: list[str] | None = None) -> int:
     work = ROOT / args.work
     work.mkdir(parents=True, exist_ok=True)
     notes = _ensure_packages(ROOT / '.gpu-site')
+    sys.path.insert(0, str(ROOT))
+    from spsearch.provenance import SOURCE_COMMIT_ENV, SOURCE_COMMIT_FILE
+    if (ROOT / SOURCE_COMMIT_FILE).is_file():  # a copied tree: name the code make gpu-wheels recorded
+        os.environ[SOURCE_COMMIT_ENV] = (ROOT / SOURCE_COMMIT_FILE).read_text().strip()
     env = {**os.environ, 'PYTHONPATH': os.pathsep.join([str(ROOT), str(ROOT / '.gpu-site'), *sys.path[1:]]),
            'TQDM_DISABLE': '1', 'PYTHONUNBUFFERED': '1'}
     py = sys.executable

@@ -6,8 +6,8 @@
    (``trial.set_constraint``), end the trial as PRUNED, **no training**;
 3. measure its latency on the target device (cached); over the latency budget -> the same;
 4. an architecture trained before reuses that result; otherwise proxy-train it on every process
-   (``ProcessGroup.train``), reporting top-1 after each epoch to the pruner; the value is the
-   best proxy top-1 (percent).
+   (``ProcessGroup.train``), reporting the proxy score (``--proxy-score``: validation loss by default,
+   or top-1) after each epoch to the pruner; the value is the last epoch's score (``score.py``).
 
 Everything the trial learns is stored in its ``TrialRecord``.
 """
@@ -25,8 +25,9 @@ from ..train import TrainConfig, TrainResult
 from .budgets import Costs, LatencyCache, constraints, measure_config_latency, violations
 from .processes import ProcessGroup
 from .record import TrialRecord
+from .score import score_of
 from .storage import requeue, this_worker
-from .study import OpenStudy
+from .study import PRUNE_FROM_EPOCH, OpenStudy
 
 __all__ = ['FINISHED', 'Cancelled', 'Objective']
 
@@ -99,7 +100,8 @@ class Objective:
         record.update(trial, epochs=result.epochs_run, train_s=round(result.wall_s, 2),
                       images_per_s=round(result.images_per_s, 1), peak_mem_mb=round(result.peak_mem_mb, 1),
                       processes=self.group.accelerator.num_processes, final_top1=result.final_top1,
-                      best_top1=result.best_top1, trial_s=round(time.perf_counter() - t0, 2))
+                      best_top1=result.best_top1, final_val_loss=result.final_val_loss,
+                      trial_s=round(time.perf_counter() - t0, 2))
         if result.stopped_by == 'nonfinite':
             record.update(trial, status='diverged: the proxy loss became non-finite')
             self.log(f'  trial {trial.number}: diverged (non-finite loss) after {result.epochs_run} epoch(s)')
@@ -107,16 +109,17 @@ class Objective:
         if result.stopped_by == 'callback':
             record.update(trial, status=f'pruned after epoch {result.epochs_run}')
             self.log(f'  trial {trial.number}: pruned after epoch {result.epochs_run} '
-                     f'(top1 {result.final_top1:.2f}, {result.wall_s:.1f} s)')
+                     f'(top1 {result.final_top1:.2f}, loss {result.final_val_loss:.4f}, {result.wall_s:.1f} s)')
             raise optuna.TrialPruned(f'pruned after epoch {result.epochs_run}')
         record.update(trial, status='complete')
-        self.log(f'  trial {trial.number}: top1 {result.best_top1:.2f} after {result.epochs_run} epoch(s) '
-                 f'({result.wall_s:.1f} s)')
+        value = result.final_val_loss if cfg.score.metric == 'val_loss' else result.final_top1
+        self.log(f'  trial {trial.number}: {cfg.score.column} {cfg.score.format(value)} (top1 {result.final_top1:.2f}) '
+                 f'after {result.epochs_run} epoch(s) ({result.wall_s:.1f} s)')
         if cfg.multi_objective:
             second = costs.gmacs if cfg.mo_metric == 'gmacs' else costs.latency_ms
             assert second is not None
-            return result.best_top1, second
-        return result.best_top1
+            return value, second
+        return value
 
     def _finished(self) -> int:
         return sum(1 for t in self.study.get_trials(deepcopy=False) if t.state in FINISHED)
@@ -170,7 +173,7 @@ class Objective:
         """An architecture trained before gets its earlier result instead of a second training."""
         earlier = TrialRecord.of(other)
         record.update(trial, duplicate_of=other.number, epochs=earlier.epochs, final_top1=earlier.final_top1,
-                      best_top1=earlier.best_top1)
+                      best_top1=earlier.best_top1, final_val_loss=earlier.final_val_loss)
         if other.state == TrialState.PRUNED:
             record.update(trial, status=f'duplicate of pruned trial {other.number}')
             self.log(f'{head} | same as pruned trial {other.number}: not trained')
@@ -186,15 +189,16 @@ class Objective:
         def on_epoch(epoch: int, metrics: dict[str, float]) -> bool:
             try:
                 self.log(f'  trial {trial.number} epoch {epoch}/{train_cfg.epochs}: top1 {metrics["top1"]:.2f} '
-                         f'loss {metrics["train_loss"]:.3f} {metrics.get("images_per_s", 0):.0f} img/s')
+                         f'val_loss {metrics["val_loss"]:.4f} train_loss {metrics["train_loss"]:.3f} '
+                         f'{metrics.get("images_per_s", 0):.0f} img/s')
                 if self.cfg.multi_objective:
                     return False
-                trial.report(metrics['top1'], epoch)
+                trial.report(score_of(metrics, self.cfg.score), epoch)
                 # asked even for the baseline and after the last epoch: successive halving records its rungs
                 # there, which the others are ranked against; but a candidate that trained every epoch is
                 # complete, whatever the pruner thinks of its last score
                 prune = trial.should_prune()
-                return prune_allowed and prune and epoch < train_cfg.epochs
+                return prune_allowed and prune and PRUNE_FROM_EPOCH <= epoch < train_cfg.epochs
             except BaseException as e:  # stop every process together, then re-raise below
                 failure.append(e)
                 return True

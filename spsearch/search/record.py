@@ -38,6 +38,7 @@ class TrialRecord:
         latency: The latency measurement (median, quartiles, device, batch size).
         epochs: Epochs of proxy training run; None: never trained (over budget, duplicate of an untrained one).
         final_top1: Proxy top-1 (%) after the last epoch run.
+        final_val_loss: Proxy validation loss (nats) after the last epoch run.
         best_top1: Best proxy top-1 (%) over the epochs run.
         train_s: Wall time of the proxy training, seconds.
         trial_s: Wall time of the whole trial, seconds.
@@ -59,6 +60,7 @@ class TrialRecord:
     latency: dict[str, Any] | None = None
     epochs: int | None = None
     final_top1: float | None = None
+    final_val_loss: float | None = None
     best_top1: float | None = None
     train_s: float | None = None
     trial_s: float | None = None

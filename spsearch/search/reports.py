@@ -26,9 +26,10 @@ from ..models import format_alpha
 from ..provenance import markdown_header, provenance
 from .budgets import best_uniform, describe_budgets
 from .record import TrialRecord
+from .score import ProxyScore
 from .study import OpenStudy
 
-__all__ = ['best_trials', 'csv_text', 'feasible', 'pareto_front', 'proxy_top1', 'trial_rows', 'write_reports']
+__all__ = ['best_trials', 'csv_text', 'feasible', 'pareto_front', 'proxy_value', 'trial_rows', 'write_reports']
 
 
 def feasible(trial: FrozenTrial) -> bool:
@@ -36,8 +37,9 @@ def feasible(trial: FrozenTrial) -> bool:
     return all(v <= 0 for v in trial.constraints.values())
 
 
-def proxy_top1(trial: FrozenTrial) -> float | None:
-    """The trial's proxy accuracy: its value if complete, its last reported top-1 if pruned after training."""
+def proxy_value(trial: FrozenTrial) -> float | None:
+    """The trial's proxy score (the study's ``--proxy-score``): its value if complete, its last reported score if
+    pruned after training; None if never trained."""
     if trial.state == TrialState.COMPLETE and trial.values:
         return float(trial.values[0])
     if trial.intermediate_values:
@@ -60,7 +62,7 @@ def trial_rows(trials: list[FrozenTrial], num_stages: int) -> list[dict[str, Any
             row[f'groups{i + 1}'] = '' if a is None or a == 'vanilla' else groups[i]
         duration = (t.datetime_complete - t.datetime_start).total_seconds() \
             if t.datetime_complete and t.datetime_start else None
-        row.update({'feasible': feasible(t) if t.constraints else '', 'proxy_top1': _num(proxy_top1(t), 2),
+        row.update({'feasible': feasible(t) if t.constraints else '', 'proxy_score': _num(proxy_value(t), 4),
                     'duration_s': _num(duration, 2),
                     'start': t.datetime_start.isoformat(timespec='seconds') if t.datetime_start else ''})
         row.update({k: round(v, 4) if isinstance(v, float) else v for k, v in rec.scalars().items()})
@@ -81,22 +83,23 @@ def csv_text(rows: list[dict[str, Any]]) -> str:
     return buf.getvalue()
 
 
-def _rank(t: FrozenTrial) -> tuple[float, float, float, int]:
-    """Higher proxy top-1 first; equal scores (the same count of correct validation images, so rounded
+def _rank(t: FrozenTrial, score: ProxyScore) -> tuple[float, float, float, int]:
+    """Better proxy score first; equal scores (top-1: the same count of correct validation images, so rounded
     float noise aside) to the cheaper architecture: fewer GMACs, then fewer parameters, then the earlier trial."""
     record = TrialRecord.of(t)
-    return (-round(t.values[0], 6), record.gmacs if record.gmacs is not None else math.inf,
+    return (-score.goodness(round(t.values[0], 6)), record.gmacs if record.gmacs is not None else math.inf,
             record.mparams if record.mparams is not None else math.inf, t.number)
 
 
-def best_trials(trials: list[FrozenTrial], k: int | None = None) -> list[FrozenTrial]:
-    """Feasible complete trials, best first (``_rank``: accuracy, ties to the cheaper), one per architecture.
+def best_trials(trials: list[FrozenTrial], k: int | None = None, *, score: ProxyScore) -> list[FrozenTrial]:
+    """Feasible complete trials, best first (``_rank``: ``score``, ties to the cheaper), one per architecture.
 
-    The first is also on the Pareto front of accuracy against GMACs: nothing is more accurate, and of the
-    equally accurate it is the cheapest.
+    The first is also on the Pareto front of the score against GMACs: nothing scores better, and of the
+    equal scores it is the cheapest.
     """
     seen, out = set(), []
-    ranked = sorted((t for t in trials if t.state == TrialState.COMPLETE and feasible(t) and t.values), key=_rank)
+    ranked = sorted((t for t in trials if t.state == TrialState.COMPLETE and feasible(t) and t.values),
+                    key=lambda t: _rank(t, score))
     for t in ranked:
         key = tuple(sorted(t.params.items()))
         if key in seen:
@@ -107,7 +110,8 @@ def best_trials(trials: list[FrozenTrial], k: int | None = None) -> list[FrozenT
 
 
 def pareto_front(points: list[tuple[float, float, Any]]) -> list[tuple[float, float, Any]]:
-    """Points ``(cost, accuracy, tag)`` that no other point beats on both (lower cost, higher accuracy)."""
+    """Points ``(cost, goodness, tag)`` that no other point beats on both (lower cost, higher goodness: a score
+    oriented by ``ProxyScore.goodness``)."""
     front: list[tuple[float, float, Any]] = []
     for cost, acc, tag in sorted(points, key=lambda p: (p[0], -p[1])):
         if not front or acc > front[-1][1]:
@@ -120,19 +124,21 @@ def _pareto(opened: OpenStudy, trials: list[FrozenTrial], metric: str, label: st
             and getattr(TrialRecord.of(t), metric) is not None]
     if not done:
         return None
+    score = opened.cfg.score
+    front = [(c, score.goodness(g), t) for c, g, t in pareto_front(
+        [(float(getattr(TrialRecord.of(t), metric)), score.goodness(float(t.values[0])), t) for t in done])]
     points = [(float(getattr(TrialRecord.of(t), metric)), float(t.values[0]), t) for t in done]
-    front = pareto_front(points)
     out = opened.output
-    rows = [{'number': t.number, metric: round(c, 4), 'proxy_top1': round(a, 2),
+    rows = [{'number': t.number, metric: round(c, 4), score.column: round(a, score.digits),
              'config': opened.space.format(opened.space.from_optuna_params(t.params))} for c, a, t in front]
     atomic_write_text(out / f'pareto_{metric.split("_")[0]}.csv', csv_text(rows))
     png = out / f'pareto_{metric.split("_")[0]}.png'
-    _plot(png, points, front, metric, label, opened.cfg.budgets.get(metric), opened.study.study_name)
+    _plot(png, points, front, metric, label, score.label, opened.cfg.budgets.get(metric), opened.study.study_name)
     return {'csv': out / f'pareto_{metric.split("_")[0]}.csv', 'png': png, 'front': rows}
 
 
 def _plot(path: Path, points: list[tuple[float, float, Any]], front: list[tuple[float, float, Any]], metric: str,
-          label: str, budget: float | None, title: str) -> None:
+          label: str, score_label: str, budget: float | None, title: str) -> None:
     fig, ax = _axes()
     ax.scatter([p[0] for p in points], [p[1] for p in points], s=18, color='0.6', label='feasible trials')
     ax.plot([p[0] for p in front], [p[1] for p in front], '-o', color='tab:red', ms=5, label='Pareto front')
@@ -144,7 +150,7 @@ def _plot(path: Path, points: list[tuple[float, float, Any]], front: list[tuple[
                        label=text)
     if budget is not None:
         ax.axvline(budget, color='k', ls='--', lw=1, label=f'budget {budget:g}')
-    _save(fig, ax, path, label, 'proxy top-1 (%)', title)
+    _save(fig, ax, path, label, score_label, title)
 
 
 def _axes() -> tuple[Any, Any]:
@@ -183,7 +189,7 @@ def write_reports(opened: OpenStudy, search_wall_s: float | None = None, total_w
         opened, trials, 'latency_ms',
         f'latency (ms, median, batch {proto.get("batch_size", cfg.latency_batch_size)}, '
         f'{proto.get("device", cfg.latency_device)})')
-    best = best_trials(trials, 1)
+    best = best_trials(trials, 1, score=cfg.score)
     if best:
         t = best[0]
         arch = space.from_optuna_params(t.params)
@@ -211,7 +217,8 @@ def _summary(opened: OpenStudy, trials: list[FrozenTrial], written: dict[str, An
     (lo, _), (hi, _) = space.bounds('macs')
     lines += [
         '"GMACs" are 1e9 multiply-accumulates, the SPConv paper\'s "GFLOPs". Costs are counted at '
-        f'{"x".join(map(str, space.input_size))}; proxy accuracies come from {cfg.proxy_epochs} epoch(s) on '
+        f'{"x".join(map(str, space.input_size))}; proxy scores ({cfg.score.label} after the last epoch) come from '
+        f'{cfg.proxy_epochs} epoch(s) on '
         f'{data.train_samples or "all"} {data.dataset} images at {cfg.proxy_img_size}px, scored on '
         f'{data.val_samples or data.holdout} training images held out (seed 0), never the test split; precise BN '
         f'on {cfg.train.precise_bn_batches} batches before each evaluation.', '',
@@ -237,7 +244,7 @@ def _summary(opened: OpenStudy, trials: list[FrozenTrial], written: dict[str, An
     if total is not None:
         lines.append(f'- Search and retrain wall time (this run, after start-up): {total / 60:.1f} min')
     lines.append('')
-    best = best_trials(trials)
+    best = best_trials(trials, score=cfg.score)
     finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
 
     def baseline(kind: str) -> FrozenTrial | None:
@@ -245,7 +252,7 @@ def _summary(opened: OpenStudy, trials: list[FrozenTrial], written: dict[str, An
 
     lines += ['## The search\'s best against the baselines, proxy scores', '',
               'Proxy scores rank; they do not verify (one short training, one seed): the verification below does.',
-              '', '| | trial | configuration | GMACs | M params | latency (ms) | proxy top-1 (%) | feasible |',
+              '', f'| | trial | configuration | GMACs | M params | latency (ms) | {cfg.score.label} | feasible |',
               '|---|---|---|---|---|---|---|---|']
     same = best_uniform(space, cfg.budgets) == space.paper_arch()
     picks: list[tuple[str, FrozenTrial | None]] = [
@@ -259,7 +266,7 @@ def _summary(opened: OpenStudy, trials: list[FrozenTrial], written: dict[str, An
         rec = TrialRecord.of(pick)
         lines.append(f'| {name} | {pick.number} | {space.format(space.from_optuna_params(pick.params))} | '
                      f'{_fmt(rec.gmacs, 3)} | {_fmt(rec.mparams)} | {_fmt(rec.latency_ms, 1)} | '
-                     f'{_fmt(proxy_top1(pick))} | '
+                     f'{cfg.score.format(proxy_value(pick))} | '
                      f'{"yes" if feasible(pick) else "no"} |')
     lines.append('')
     for key in ('pareto_gmacs', 'pareto_latency'):

@@ -34,7 +34,7 @@ from ..io import atomic_write_text, atomic_write_yaml
 from ..space import Architecture
 from .budgets import best_uniform, random_in_budget
 from .record import TrialRecord
-from .reports import best_trials, csv_text, proxy_top1
+from .reports import best_trials, csv_text, proxy_value
 from .stats import compare, estimate, holm
 from .study import OpenStudy
 
@@ -60,7 +60,8 @@ def candidates(opened: OpenStudy, top: int) -> list[Candidate]:
     trials = opened.trials()
     by_baseline = {kind: t for t in reversed(trials) if (kind := TrialRecord.of(t).baseline)}
     wanted: list[tuple[str, str, Architecture | None, FrozenTrial | None]] = [
-        (f'trial-{t.number}', 'finalist', space.from_optuna_params(t.params), t) for t in best_trials(trials, top)]
+        (f'trial-{t.number}', 'finalist', space.from_optuna_params(t.params), t)
+        for t in best_trials(trials, top, score=cfg.score)]
     wanted += [('paper', 'paper', space.paper_arch(), by_baseline.get('paper')),
                ('uniform', 'uniform', best_uniform(space, cfg.budgets), by_baseline.get('uniform')),
                ('random', 'random', random_in_budget(space, cfg.budgets, random.Random(cfg.seed)), None)]
@@ -151,7 +152,7 @@ def retrain_winners(opened: OpenStudy, log: Callable[[str], None], top: int | No
     rows, scores = [], {}
     for cand in cands:
         record = TrialRecord.of(cand.trial) if cand.trial is not None else TrialRecord()
-        top1 = proxy_top1(cand.trial) if cand.trial is not None else None
+        proxy = proxy_value(cand.trial) if cand.trial is not None else None
         finals = []
         for seed in seeds:
             run_dir, done, status = _run(opened, cand, seed, processes, log)
@@ -159,7 +160,7 @@ def retrain_winners(opened: OpenStudy, log: Callable[[str], None], top: int | No
                 'name': cand.name, 'role': cand.role, 'seed': seed, 'trial': getattr(cand.trial, 'number', ''),
                 'config': opened.space.format(cand.arch), 'gmacs': cand.gmacs, 'mparams': cand.mparams,
                 'latency_ms': '' if record.latency_ms is None else round(record.latency_ms, 3),
-                'proxy_top1': '' if top1 is None else round(top1, 2),
+                'proxy_score': '' if proxy is None else round(proxy, 4),
                 'final_top1': '' if done is None else round(done['final_top1'], 2),
                 'best_top1': '' if done is None else round(done['best_top1'], 2),
                 'epochs': '' if done is None else done['epochs_run'],

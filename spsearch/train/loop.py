@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
+import math
 import sys
 import time
 import warnings
@@ -53,6 +54,7 @@ class TrainResult:
         best_epoch: Epoch (1-based) of ``best_top1``.
         final_top1: Validation top-1 after the last epoch run.
         final_top5: Validation top-5 after the last epoch run.
+        final_val_loss: Validation loss (mean cross-entropy, nats) after the last epoch run.
         epochs_run: Epochs completed, counting those before a resume.
         stopped_by: ``'callback'`` (e.g. pruned), ``'nonfinite'`` (loss became NaN/inf) or None.
         history: One dict of metrics per completed epoch.
@@ -69,6 +71,7 @@ class TrainResult:
     best_epoch: int = 0
     final_top1: float = 0.0
     final_top5: float = 0.0
+    final_val_loss: float = math.nan
     epochs_run: int = 0
     stopped_by: str | None = None
     history: list[dict[str, float]] = field(default_factory=list)
@@ -520,6 +523,7 @@ class _Run:
         if self.history:
             last = self.history[-1]
             result.final_top1, result.final_top5 = last['top1'], last['top5']
+            result.final_val_loss = last['val_loss']
         result.best_top1, result.best_epoch = max(self.best_top1, 0.0), self.best_epoch
         result.epochs_run = len(self.history)
         result.history = list(self.history)
@@ -585,6 +589,7 @@ def _evaluate_only(cfg: TrainConfig, accelerator: Any) -> TrainResult:
     started = time.perf_counter()
     metrics = evaluate(model, loaders.val, accelerator, channels_last=cfg.channels_last)
     result = TrainResult(final_top1=metrics['top1'], final_top5=metrics['top5'], best_top1=metrics['top1'],
+                         final_val_loss=metrics['val_loss'],
                          params=sum(p.numel() for p in model.parameters()), wall_s=time.perf_counter() - started,
                          history=[metrics], output=cfg.output,
                          message=f'evaluated {cfg.checkpoint}: top1 {metrics["top1"]:.2f} top5 {metrics["top5"]:.2f} '

@@ -7,8 +7,8 @@ module runs its reference formulation: ``impl='reference'``, norms other than ``
 ``infer``; in training the representative convs, then ``BranchFusion`` or ``GemmBranchFusion``
 (by ``GEMM_MIN_PIXELS_PER_CHANNEL_TRAIN``), updating the running statistics as batch norm does.
 
-The thresholds here and the rule of ``auto_impl`` were measured on one CPU (2 threads); ``auto``
-applies them on CPU only.
+The thresholds here and the CPU rule of ``auto_impl`` were measured on one CPU (2 threads), its
+CUDA rule on one H200.
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from .inference import infer
 if TYPE_CHECKING:
     from ..spconv import SPConv2d
 
-__all__ = ['GEMM_MIN_PIXELS', 'GEMM_MIN_PIXELS_PER_CHANNEL_TRAIN', 'auto_impl', 'forward']
+__all__ = ['CUDA_DENSE_MIN_BATCH', 'GEMM_MIN_PIXELS', 'GEMM_MIN_PIXELS_PER_CHANNEL_TRAIN', 'auto_impl', 'forward']
 
 GEMM_MIN_PIXELS = 256
 """Output maps at least this large (H * W) use the per-sample GEMM in ``infer`` (measured on CPU,
@@ -41,7 +41,7 @@ weights and gradients, which only pays while ``H W`` exceeds ``r``. Measured per
 
 
 def auto_impl(rep_channels: int, groups: int, kernel_size: int, stride: int, dilation: int, training: bool,
-              device_type: str = 'cpu') -> str:
+              device_type: str = 'cpu', batch_size: int | None = None, reduced_precision: bool = False) -> str:
     """The implementation ``impl='auto'`` picks for one layer on one device type.
 
     On CPU (``device_type='cpu'``, the default), a rule measured there with 2 threads. Training:
@@ -52,24 +52,42 @@ def auto_impl(rep_channels: int, groups: int, kernel_size: int, stride: int, dil
     GEMM of ``infer``). See the per-layer tables of ``benchmarks/profile_ops.py`` in
     ``results/benchmarks.md``.
 
-    On any other device type (the input's ``x.device.type``: ``'cuda'``, ``'mps'``, ...),
-    ``'reference'``: the CPU measurements say nothing there, so ``auto`` keeps the plain operator
-    until a measurement on that device says otherwise. ``spsearch.ops.autotune`` measures the
-    fast paths on the target device and pins the faster.
+    On CUDA, a rule measured on one H200 (``make gpu-check``, ``results/gpu_check.md``: SP-ResNet-50
+    alpha 1/2, bf16 autocast, channels_last, whole-model time over ResNet-50's in the same process).
+    ``'dense'`` at batch ``CUDA_DENSE_MIN_BATCH`` (256) and above under bf16/fp16, where it measured
+    fastest (inference 1.27x ResNet-50 vs 1.38x split and 1.46x reference; training 1.59x vs 1.70x
+    and 1.80x); ``'reference'`` otherwise, which was fastest at batch 64 (inference 1.59x vs 1.77x
+    split and 2.13x dense; training 2.11x vs 3.40x and 3.59x): there the fast paths' extra kernels cost
+    more than they save. Batches between 64 and 256, and fp32, were not measured for the fast paths,
+    so they keep the reference.
+
+    On any other device type (``'mps'``, ``'meta'``, ...), ``'reference'``: nothing was measured
+    there. ``spsearch.ops.autotune`` (``benchmark.py --sp-impl tune``) measures the fast paths per
+    layer on the target device and pins the faster.
 
     Args:
         rep_channels, groups, kernel_size, stride, dilation: The layer's settings.
         training: Training (forward + backward) rather than inference.
         device_type: The input's device type.
+        batch_size: The input's batch size (the CUDA rule uses it; None: unknown).
+        reduced_precision: The input is bf16/fp16 or autocast to them is on (the CUDA rule uses it).
 
     Returns:
         ``'reference'``, ``'split'`` or ``'dense'``.
     """
+    if device_type == 'cuda':
+        large = batch_size is not None and batch_size >= CUDA_DENSE_MIN_BATCH
+        return 'dense' if large and reduced_precision and dense_supported(kernel_size, stride, dilation) \
+            else 'reference'
     if device_type != 'cpu':
         return 'reference'
     if training and dense_supported(kernel_size, stride, dilation) and rep_channels // groups <= 8:
         return 'dense'
     return 'split'
+
+CUDA_DENSE_MIN_BATCH = 256
+"""On CUDA under bf16/fp16, ``auto`` picks ``'dense'`` from this batch size on (see ``auto_impl``)."""
+_REDUCED = (torch.bfloat16, torch.float16)
 
 
 def forward(module: SPConv2d, x: torch.Tensor) -> torch.Tensor | None:
@@ -81,7 +99,8 @@ def forward(module: SPConv2d, x: torch.Tensor) -> torch.Tensor | None:
     impl = module.impl
     if impl == 'auto':
         impl = auto_impl(module.rep_channels, module.groups, module.kernel_size, module.stride, module.dilation,
-                         training, x.device.type)
+                         training, x.device.type, x.shape[0],
+                         x.device.type == 'cuda' and (x.dtype in _REDUCED or torch.is_autocast_enabled('cuda')))
     if impl == 'reference':
         return None
     dense = impl == 'dense' and x.shape[-2] % module.stride == 0 and x.shape[-1] % module.stride == 0
