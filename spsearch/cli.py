@@ -40,8 +40,8 @@ def run_cli(main: Callable[[], int | None]) -> int:
     except SPSearchError as e:
         print(f'error: {e}', file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print('interrupted', file=sys.stderr)
+    except KeyboardInterrupt as e:
+        print(f'interrupted: {e}' if str(e) else 'interrupted', file=sys.stderr)
         return 130
 
 
@@ -104,6 +104,10 @@ def parse_with_config(parser: argparse.ArgumentParser, argv: Sequence[str] | Non
     config: dict[str, Any] = {}
     if known.config:
         config = load_yaml_config(known.config)
+        # a flag's other long spellings are keys too (timm's args.yaml: smoothing, model_ema, torchcompile, ...)
+        spelled = {o[2:].replace('-', '_'): a.dest for a in parser._actions for o in a.option_strings
+                   if o.startswith('--') and not o.startswith('--no-')}
+        config = {spelled.get(str(k).replace('-', '_'), k): v for k, v in config.items()}
         valid = {a.dest for a in parser._actions if a.option_strings and a.dest not in ('help', 'config')}
         unknown = sorted(set(config) - valid)
         if unknown:

@@ -1,7 +1,7 @@
 """Exceptions for user errors. The CLIs print them as one line and exit with code 2."""
 from __future__ import annotations
 
-__all__ = ['ConfigError', 'DataError', 'SPSearchError']
+__all__ = ['ConfigError', 'DataError', 'Interrupted', 'SPSearchError']
 
 
 class SPSearchError(Exception):
@@ -17,3 +17,10 @@ class ConfigError(SPSearchError, ValueError):
 
 class DataError(SPSearchError, ValueError):
     """A data set that is missing, empty, truncated or otherwise unreadable."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) during a long job, with one line on what was kept and how to continue.
+
+    The CLIs print ``interrupted: <message>`` and exit with code 130.
+    """

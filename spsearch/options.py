@@ -158,6 +158,12 @@ def from_flat(cls: type, values: dict[str, Any], source: str = 'options', base: 
     """
     values = {str(k).replace('-', '_'): v for k, v in values.items()}
     known = {f.name: f for f in flat_fields(cls)}
+    for f in known.values():  # timm's spellings (an option's long aliases) are keys too: timm args.yaml files
+        for alias in (a[2:].replace('-', '_') for a in f.option.aliases if a.startswith('--')):
+            if alias in values:
+                if f.name in values and values[f.name] != values[alias]:
+                    raise ConfigError(f'{source} gives both {f.name} and its alias {alias}; keep one')
+                values[f.name] = values.pop(alias)
     unknown = sorted(set(values) - set(known))
     if unknown:
         raise ConfigError(f'{source} has unknown option(s) {", ".join(unknown)}; see --help for the valid ones')

@@ -43,12 +43,11 @@ def _load(storage: str, output: Path, study: str) -> optuna.Study:
     return optuna.load_study(study_name=study, storage=open_storage(StorageSpec(storage, output)))
 
 
-def test_kill_9_then_resume_ends_with_exactly_n_trials(tmp_path):
-    out, n = tmp_path / 'run', 4
-    args = _search('--train-samples', '512', '--proxy-epochs', '2', '--n-trials', str(n), '--output', str(out),
-                   '--study', 'killed', '--no-progress')
+def _signal_inside_a_training(args: list[str], out: Path, study: str, sig: int) -> tuple[optuna.trial.FrozenTrial,
+                                                                                         int, str]:
+    """Start ``search.py args``, send ``sig`` while trial 1 or later proxy-trains; (that trial, exit code, stderr)."""
     proc = subprocess.Popen(args, cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    killed = None
+    caught = None
     deadline = time.time() + 240
     try:
         while time.time() < deadline and proc.poll() is None:
@@ -56,22 +55,50 @@ def test_kill_9_then_resume_ends_with_exactly_n_trials(tmp_path):
             if not (out / 'study.db').exists():
                 continue
             try:
-                trials = optuna.load_study(study_name='killed', storage=f'sqlite:///{out}/study.db').get_trials()
+                trials = optuna.load_study(study_name=study, storage=f'sqlite:///{out}/study.db').get_trials()
             except (KeyError, optuna.exceptions.StorageInternalError):
                 continue
             running = [t for t in trials if t.state == TrialState.RUNNING and t.number >= 1 and 'gmacs' in t.user_attrs]
             if running:
                 time.sleep(1.0)  # inside the proxy training
-                proc.send_signal(signal.SIGKILL)
-                killed = running[0]
+                proc.send_signal(sig)
+                caught = running[0]
                 break
     finally:
-        if proc.poll() is None and killed is None:
+        if proc.poll() is None and caught is None:
             proc.kill()
-        proc.wait()
-    stderr = proc.stderr.read().decode()[-2000:] if proc.stderr else ''
-    assert killed is not None, f'no trial was caught running: {stderr}'
-    assert proc.returncode == -signal.SIGKILL
+        proc.wait(timeout=120)
+    stderr = proc.stderr.read().decode() if proc.stderr else ''
+    assert caught is not None, f'no trial was caught running: {stderr[-2000:]}'
+    return caught, proc.returncode, stderr
+
+
+def test_ctrl_c_is_one_line_naming_resume_and_leaves_the_reports(tmp_path):
+    """SIGINT mid-training: exit 130, one line (no Optuna traceback) saying what was kept and to use --resume;
+    trials.csv and summary.md of what finished are written; --resume re-runs the interrupted trial."""
+    out, n = tmp_path / 'run', 3
+    args = _search('--train-samples', '512', '--proxy-epochs', '2', '--n-trials', str(n), '--output', str(out),
+                   '--study', 'stopped', '--no-progress')
+    caught, code, stderr = _signal_inside_a_training(args, out, 'stopped', signal.SIGINT)
+    assert code == 130, stderr[-2000:]
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert 'Traceback' not in stderr and len(lines) == 1, stderr[-3000:]
+    assert lines[0].startswith('interrupted: during the search;') and '--resume' in lines[0]
+    assert (out / 'trials.csv').exists() and (out / 'summary.md').exists()
+    done = subprocess.run([*args, '--resume'], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stderr[-3000:]
+    trials = optuna.load_study(study_name='stopped', storage=f'sqlite:///{out}/study.db').get_trials()
+    assert len(_finished(trials)) == n
+    retries = [t for t in _finished(trials) if TrialRecord.of(t).retry_of == caught.number]
+    assert len(retries) == 1 and retries[0].params == caught.params
+
+
+def test_kill_9_then_resume_ends_with_exactly_n_trials(tmp_path):
+    out, n = tmp_path / 'run', 4
+    args = _search('--train-samples', '512', '--proxy-epochs', '2', '--n-trials', str(n), '--output', str(out),
+                   '--study', 'killed', '--no-progress')
+    killed, code, _ = _signal_inside_a_training(args, out, 'killed', signal.SIGKILL)
+    assert code == -signal.SIGKILL
 
     done = subprocess.run(_search('--train-samples', '512', '--proxy-epochs', '2', '--n-trials', str(n), '--output',
                                   str(out), '--study', 'killed', '--resume'), cwd=ROOT, env=ENV,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import signal
 import subprocess
@@ -17,6 +18,7 @@ import timm
 import torch
 import yaml
 
+from spsearch.errors import ConfigError, SPSearchError
 from spsearch.train import TrainConfig, load_checkpoint, train
 from spsearch.train import cli as train_cli
 from spsearch.train.loop import precise_bn
@@ -341,3 +343,79 @@ def test_a_log_file_gets_plain_progress_lines_not_a_bar(tmp_path):
     log = done.stdout + done.stderr
     assert '\r' not in log and '%|' not in log
     assert 'epoch 1/1 step 4/8: loss ' in done.stdout and 'epoch 1/1  lr' in done.stdout
+
+
+@needs_fmnist
+def test_a_run_folder_loads_back_whole_through_timm(tmp_path):
+    """``local-dir:<run>`` rebuilds the trained model (SP settings, 10-class head, 1 input channel) with its weights,
+    timm's data config gives the trained input size and normalisation, and ``timm.models.load_checkpoint(...,
+    use_ema=True)`` finds the EMA weights in ``last.pth``."""
+    from timm.data import resolve_data_config
+    from timm.models import load_checkpoint as timm_load_checkpoint
+
+    out = tmp_path / 'run'
+    kwargs = {'sp_alpha': (0.5, 'vanilla', 0.25), 'sp_groups': (2, 1, 4), 'in_chans': 1}
+    cfg = TrainConfig.from_dict(dict(TINY, epochs=1, ema=True, model_kwargs=kwargs, output=str(out)))
+    train(cfg)
+    loaded = timm.create_model(f'local-dir:{out}', pretrained=True).eval()
+    weights = safetensors.torch.load_file(str(out / 'model.safetensors'))
+    assert loaded.num_classes == 10 and loaded.state_dict().keys() == weights.keys()
+    assert all(torch.equal(t, weights[k]) for k, t in loaded.state_dict().items())
+    data = resolve_data_config({}, model=loaded)
+    assert data['input_size'] == (1, 16, 16) and data['crop_pct'] == 1.0
+    assert data['mean'] == pytest.approx((0.2860,), abs=1e-3) and data['std'] == pytest.approx((0.3530,), abs=1e-3)
+    ema = timm.create_model('sp_resnet20', num_classes=10, **kwargs)
+    timm_load_checkpoint(ema, str(out / 'last.pth'), use_ema=True)
+    ema_weights = safetensors.torch.load_file(str(out / 'model_ema.safetensors'))
+    assert all(torch.equal(t, ema_weights[k]) for k, t in ema.state_dict().items())
+    assert not all(torch.equal(ema_weights[k], weights[k]) for k in weights if weights[k].is_floating_point())
+
+
+def test_timm_spellings_are_flags_and_yaml_keys(tmp_path):
+    """timm's train.py flags (and its args.yaml keys) map onto the same options."""
+    cfg = train_cli.resolve_config(['-b', '32', '--smoothing', '0.1', '--model-ema', '--model-ema-decay', '0.99',
+                                    '--torchcompile', '--amp', '--amp-dtype', 'bfloat16', '--initial-checkpoint',
+                                    'w.safetensors', '--mixup', '0.2', '--cutmix', '1.0', '--reprob', '0.25',
+                                    '--output', 'none'])
+    assert (cfg.data.batch_size, cfg.label_smoothing, cfg.ema, cfg.ema_decay, cfg.compile) == (
+        32, 0.1, True, 0.99, True)
+    assert (cfg.mixed_precision, cfg.checkpoint, cfg.mixup, cfg.cutmix, cfg.reprob) == (
+        'bf16', 'w.safetensors', 0.2, 1.0, 0.25)
+    assert train_cli.resolve_config(['--amp', '--output', 'none']).mixed_precision == 'fp16'  # timm's default dtype
+    timm_args = tmp_path / 'args.yaml'
+    timm_args.write_text(yaml.safe_dump({'smoothing': 0.2, 'model_ema': True, 'model_ema_decay': 0.9, 'amp': True,
+                                         'amp_dtype': 'bfloat16', 'torchcompile': False, 'batch_size': 16,
+                                         'output': None}))
+    cfg = train_cli.resolve_config(['-c', str(timm_args)])
+    assert (cfg.label_smoothing, cfg.ema, cfg.ema_decay, cfg.mixed_precision, cfg.data.batch_size) == (
+        0.2, True, 0.9, 'bf16', 16)
+    for argv, message in ((['--amp', '--mixed-precision', 'fp16', '--amp-dtype', 'bfloat16'], 'give one'),
+                          (['--amp-dtype', 'bfloat16'], 'goes with --amp'),
+                          (['--mixup', '0.2', '-b', '33'], 'must be even'),
+                          (['--momentum', '0'], 'needs --momentum > 0')):
+        with pytest.raises(SPSearchError, match=message):
+            train_cli.resolve_config([*argv, '--output', 'none'])
+
+
+def test_mixup_cutmix_and_random_erasing_train(tmp_path):
+    """timm's Mixup (soft targets, SoftTargetCrossEntropy) and RandomErasing run in the loop; loss stays finite."""
+    cfg = TrainConfig.from_dict(dict(TINY, dataset='synthetic', epochs=1, mixup=0.4, cutmix=1.0, reprob=0.5,
+                                     label_smoothing=0.1, output=None))
+    result = train(cfg)
+    assert result.epochs_run == 1 and result.stopped_by is None and math.isfinite(result.history[0]['train_loss'])
+
+
+def test_initial_checkpoint_starts_training_from_those_weights(tmp_path):
+    """--initial-checkpoint (timm's name for --checkpoint when training) loads the weights before the first step;
+    weights of another model are one line."""
+    first = train(TrainConfig.from_dict(dict(TINY, dataset='synthetic', epochs=1, output=str(tmp_path / 'a'))))
+    weights = safetensors.torch.load_file(str(first.weights))
+    args = dict(TINY, dataset='synthetic', epochs=1, lr=1e-12, weight_decay=0.0, opt='momentum', momentum=0.0,
+                checkpoint=first.weights, output=str(tmp_path / 'b'))
+    second = train(TrainConfig.from_dict(args))
+    after = safetensors.torch.load_file(str(second.weights))
+    for k, v in weights.items():
+        if 'running' not in k and 'num_batches' not in k:
+            torch.testing.assert_close(after[k], v, msg=k)
+    with pytest.raises(ConfigError, match='does not fit'):
+        train(TrainConfig.from_dict({**args, 'model_kwargs': {'sp_alpha': 'vanilla'}, 'output': None}))

@@ -38,7 +38,7 @@ class DataConfig:
     loader: str = option('auto', choices=LOADER_KINDS, group='data',
                          help='auto: memory for small data sets that fit, DALI for imagefolder where installed, '
                               'else torch; it says which and why')
-    batch_size: int = option(128, minimum=1, group='optimisation',
+    batch_size: int = option(128, minimum=1, group='optimisation', aliases=('-b',),
                              help='training batch size per process (the global batch is this times the processes)')
     eval_batch_size: int | None = option(None, minimum=1, group='optimisation',
                                          help='validation batch size per process (default 2 x batch size)')

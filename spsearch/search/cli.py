@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 from ..cli import ArgumentParser, CliError, option_values, parse_with_config, prog_name, run_cli
 from ..options import add_arguments
@@ -84,11 +85,25 @@ def main(argv: list[str] | None = None) -> int:
         if found is None:
             return 0
         opened = found
-    for line in verdict_lines(opened.output):
+    for line in [*best_lines(opened), *verdict_lines(opened.output)]:
         print(line, flush=True)
     print(f'reports: {opened.output}/summary.md (trials.csv, pareto_*.png, verify.png, best.yaml); study '
           f'{opened.study.study_name!r} in {opened.spec.display()}', flush=True)
     return 0
+
+
+def best_lines(opened: Any) -> list[str]:
+    """The search's best feasible configuration, one line (none when nothing completed)."""
+    from .record import TrialRecord
+    from .reports import best_trials
+    best = best_trials(opened.trials(), 1, score=opened.cfg.score)
+    if not best:
+        return ['best: no feasible trial completed (see summary.md)']
+    t, score = best[0], opened.cfg.score
+    record = TrialRecord.of(t)
+    return [f'best: trial {t.number}, {opened.space.format(opened.space.from_optuna_params(t.params))}, '
+            f'{record.gmacs:.3f} GMACs, {record.mparams:.2f}M params, {score.column} {score.format(t.values[0])} '
+            f'(a proxy score; verification judges it)']
 
 
 def verdict_lines(output: Path) -> list[str]:

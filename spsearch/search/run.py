@@ -10,6 +10,8 @@ doing any work. ``retrain(cfg)`` and ``report(cfg)`` work on an existing study.
 """
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
 import sys
 import time
@@ -19,7 +21,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from ..errors import SPSearchError
+from ..errors import Interrupted, SPSearchError
 from ..train import make_accelerator
 from .budgets import describe_budgets, measure_config_latency
 from .config import SearchConfig
@@ -51,11 +53,13 @@ def search(cfg: SearchConfig, *, accelerator: Any = None, log: Log | None = None
     """
     log = log or _default_log
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the objective prints its own line per trial
+    _quiet_interrupts()
     group = ProcessGroup(accelerator if accelerator is not None else make_accelerator(cfg.proxy_train_config()))
     if not group.is_main:
         group.follow(log=lambda s: print(s, flush=True) if cfg.progress else None)
         group.close()
         return None
+    opened: OpenStudy | None = None
     try:
         opened = open_search(cfg, log=log, command=command)
         started = time.perf_counter()
@@ -63,6 +67,9 @@ def search(cfg: SearchConfig, *, accelerator: Any = None, log: Log | None = None
     except SPSearchError as e:
         group.fail(str(e))
         raise
+    except KeyboardInterrupt:
+        group.fail('interrupted (Ctrl-C on the main process)')
+        raise _interrupted(opened, 'during the search') from None
     except BaseException:
         group.fail('the main process failed; see its traceback')
         raise
@@ -71,9 +78,51 @@ def search(cfg: SearchConfig, *, accelerator: Any = None, log: Log | None = None
     wall = time.perf_counter() - started
     write_reports(opened, search_wall_s=wall)
     if cfg.retrain_top > 0:
-        retrain_winners(opened, log)
+        try:
+            retrain_winners(opened, log)
+        except KeyboardInterrupt:
+            raise _interrupted(opened, 'during the verification') from None
         write_reports(opened, search_wall_s=wall, total_wall_s=time.perf_counter() - started)
     return opened
+
+
+class _NoInterruptTraceback(logging.Filter):
+    """Drops Optuna's two records of a trial failed by Ctrl-C (a 25-line traceback, then "Trial N failed with
+    value None."): the CLI says it in one line."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.interrupted: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        text = record.getMessage()
+        words = text.split()
+        trial = words[1] if len(words) > 1 and words[0] == 'Trial' else ''
+        if isinstance(error, KeyboardInterrupt) or 'KeyboardInterrupt' in text:
+            self.interrupted.add(trial)
+            return False
+        if trial in self.interrupted and text.startswith(f'Trial {trial} failed with value'):
+            self.interrupted.discard(trial)
+            return False
+        return True
+
+
+def _quiet_interrupts() -> None:
+    for handler in logging.getLogger('optuna').handlers:  # Optuna's own handler sees its child loggers' records
+        if not any(isinstance(f, _NoInterruptTraceback) for f in handler.filters):
+            handler.addFilter(_NoInterruptTraceback())
+
+
+def _interrupted(opened: OpenStudy | None, when: str) -> Interrupted:
+    """Ctrl-C: the reports of what finished, and one line saying how to continue."""
+    if opened is None:
+        return Interrupted(f'{when}, before the study was opened; nothing was written')
+    with contextlib.suppress(Exception):  # a report that cannot be written must not hide the interruption
+        write_reports(opened)
+    finished = sum(1 for t in opened.study.get_trials(deepcopy=False) if t.state in FINISHED)
+    return Interrupted(f'{when}; {finished}/{opened.cfg.n_trials} trials finished, reports in {opened.output}; '
+                       f'continue with the same command and --resume (the interrupted trial or retrain runs again)')
 
 
 def retrain(cfg: SearchConfig, *, log: Log | None = None) -> OpenStudy:
@@ -139,3 +188,4 @@ def _optimize(opened: OpenStudy, objective: Objective, log: Log, started: float)
             study.optimize(objective, n_trials=1, gc_after_trial=True, show_progress_bar=False)
         except Cancelled:
             continue
+        write_reports(opened, search_wall_s=time.perf_counter() - started)  # as README says: after every trial

@@ -25,7 +25,7 @@ from torch import nn
 from ..errors import ConfigError
 from ..io import atomic_write
 
-__all__ = ['CHECKPOINT_VERSION', 'export_weights', 'load_checkpoint', 'load_weights', 'rng_state',
+__all__ = ['CHECKPOINT_VERSION', 'export_timm_config', 'export_weights', 'load_checkpoint', 'load_weights', 'rng_state',
            'save_checkpoint', 'set_rng_state']
 
 CHECKPOINT_VERSION = 1
@@ -116,3 +116,42 @@ def export_weights(model: nn.Module, path: str | os.PathLike[str]) -> Path:
     """Write ``model``'s state dict as safetensors, atomically (contiguous CPU copies)."""
     tensors = {k: v.detach().to('cpu').contiguous() for k, v in model.state_dict().items()}
     return atomic_write(path, lambda tmp: safetensors.torch.save_file(tensors, tmp))
+
+
+def export_timm_config(model: nn.Module, path: str | os.PathLike[str], *, model_args: dict[str, Any],
+                       input_size: tuple[int, int, int], mean: tuple[float, ...], std: tuple[float, ...],
+                       crop_pct: float) -> Path:
+    """Write ``config.json`` as timm's ``save_for_hf`` does, atomically, next to ``model.safetensors``.
+
+    Then ``timm.create_model('local-dir:FOLDER', pretrained=True)`` rebuilds the trained model (its
+    architecture and SP settings from ``model_args``, its classifier width, input channels) and loads the
+    weights, and ``timm.data.resolve_data_config(model=...)`` gives the input size and normalisation it
+    was trained with, instead of timm's 224 px and ImageNet statistics.
+
+    Args:
+        model: The trained model (its ``pretrained_cfg`` is the starting point).
+        path: Where ``config.json`` goes.
+        model_args: ``timm.create_model`` keyword arguments that rebuild it (JSON-serialisable).
+        input_size: ``(C, H, W)`` it was trained at.
+        mean, std: Its input normalisation, one value per channel.
+        crop_pct: Validation centre-crop fraction (1.0: none).
+    """
+    import json
+
+    from timm.models._hub import save_config_for_hf
+
+    data = {'input_size': tuple(input_size), 'mean': tuple(mean), 'std': tuple(std), 'crop_pct': crop_pct,
+            'interpolation': 'bilinear'}
+    args = json.loads(json.dumps(model_args))  # tuples as lists, as JSON has them
+
+    def write(tmp: str) -> None:
+        try:
+            save_config_for_hf(model, tmp, model_args=args, data_config=data)
+        except TypeError:  # timm before 1.0.30: no data_config; write its format with the data settings in it
+            cfg = {k: v for k, v in getattr(model, 'pretrained_cfg', {}).items() if k not in ('state_dict', 'file')}
+            cfg.update({**data, 'num_classes': getattr(model, 'num_classes', None)})
+            config = {'architecture': cfg.get('architecture'), 'num_classes': getattr(model, 'num_classes', None),
+                      'num_features': getattr(model, 'num_features', None), 'pretrained_cfg': cfg,
+                      'model_args': args}
+            Path(tmp).write_text(json.dumps(config, indent=2, default=list))
+    return atomic_write(path, write)

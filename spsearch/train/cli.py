@@ -36,6 +36,11 @@ def build_parser() -> argparse.ArgumentParser:
                             formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('-c', '--config', metavar='FILE', help='YAML file of option: value (flags override it)')
     add_arguments(parser, TrainConfig)
+    timm_flags = parser.add_argument_group("timm's spellings (train.py of timm)")
+    timm_flags.add_argument('--amp', action='store_true', default=None,
+                            help='mixed precision, in --amp-dtype (= --mixed-precision fp16 or bf16)')
+    timm_flags.add_argument('--amp-dtype', choices=('float16', 'bfloat16'), default=None,
+                            help='autocast dtype with --amp (default float16, as timm)')
     return parser
 
 
@@ -48,6 +53,7 @@ def resolve_config(argv: list[str] | None = None) -> TrainConfig:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_with_config(build_parser(), argv)
     values = option_values(args, TrainConfig)
+    _timm_amp(args, values)
     given = 'output' in args.config_values or any(a == '--output' or a.startswith('--output=') for a in argv)
     if values['resume'] == 'auto' and (values['output'] is None):
         raise CliError('--resume continues the run in --output: give --output RUN_FOLDER (or --resume CHECKPOINT)')
@@ -55,6 +61,22 @@ def resolve_config(argv: list[str] | None = None) -> TrainConfig:
         stamp = datetime.now().strftime('%Y%m%d-%H%M%S')
         values['output'] = f'runs/train/{values["dataset"]}-{values["model"]}-{stamp}'
     return TrainConfig.from_dict(values, source=args.config or 'options')
+
+
+def _timm_amp(args: argparse.Namespace, values: dict[str, object]) -> None:
+    """timm's ``--amp [--amp-dtype D]`` as ``mixed_precision`` (one of the two spellings, not both)."""
+    amp = args.amp or args.config_values.get('amp')
+    dtype = args.amp_dtype or args.config_values.get('amp_dtype')
+    if not amp:
+        if dtype:
+            raise CliError('--amp-dtype goes with --amp (or use --mixed-precision fp16|bf16)')
+        return
+    wanted = {'float16': 'fp16', 'bfloat16': 'bf16', None: 'fp16'}.get(dtype)
+    if wanted is None:
+        raise CliError(f'--amp-dtype {dtype!r} is invalid: use float16 or bfloat16')
+    if values['mixed_precision'] not in ('no', wanted):
+        raise CliError(f'--amp asks for {wanted} but --mixed-precision says {values["mixed_precision"]}; give one')
+    values['mixed_precision'] = wanted
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -63,12 +63,31 @@ class TrainConfig:
                                                help='multistep schedule: epochs at which to decay')
     decay_rate: float = option(0.1, minimum=0, group='optimisation', help='step/multistep decay factor')
     label_smoothing: float = option(0.0, minimum=0, maximum=1, open_max=True, group='optimisation',
-                                    help='cross-entropy label smoothing')
+                                    aliases=('--smoothing',), help='cross-entropy label smoothing')
+    mixup: float = option(0.0, minimum=0, group='augmentation (timm.data.Mixup, RandomErasing)',
+                          help='mixup alpha (0: off); with --cutmix, the batch gets one of them per step')
+    cutmix: float = option(0.0, minimum=0, group='augmentation (timm.data.Mixup, RandomErasing)',
+                           help='cutmix alpha (0: off)')
+    mixup_prob: float = option(1.0, minimum=0, maximum=1, group='augmentation (timm.data.Mixup, RandomErasing)',
+                               help='probability of mixup or cutmix per batch')
+    mixup_switch_prob: float = option(0.5, minimum=0, maximum=1,
+                                      group='augmentation (timm.data.Mixup, RandomErasing)',
+                                      help='probability of cutmix rather than mixup when both are on')
+    mixup_mode: str = option('batch', choices=('batch', 'pair', 'elem'),
+                             group='augmentation (timm.data.Mixup, RandomErasing)',
+                             help='mix per batch, per pair or per element (timm\'s --mixup-mode)')
+    reprob: float = option(0.0, minimum=0, maximum=1, group='augmentation (timm.data.Mixup, RandomErasing)',
+                           help='random erasing probability per image (0: off)')
+    remode: str = option('pixel', choices=('pixel', 'rand', 'const'),
+                         group='augmentation (timm.data.Mixup, RandomErasing)', help='random erasing fill')
+    recount: int = option(1, minimum=1, group='augmentation (timm.data.Mixup, RandomErasing)',
+                          help='random erasing regions per image')
     clip_grad: float | None = option(None, minimum=0, open_min=True, group='optimisation',
                                      help='clip the gradient norm to this value')
-    ema: bool = option(False, group='optimisation', help='keep an EMA of the weights (evaluated and exported too)')
+    ema: bool = option(False, group='optimisation', aliases=('--model-ema',),
+                       help='keep an EMA of the weights (evaluated and exported too)')
     ema_decay: float = option(0.999, minimum=0, maximum=1, open_min=True, open_max=True, group='optimisation',
-                              help='EMA decay per step')
+                              aliases=('--model-ema-decay',), help='EMA decay per step')
     precise_bn_batches: int = option(
         20, minimum=0, group='optimisation',
         help='before every evaluation, recompute the BatchNorm statistics with the current weights on this many '
@@ -78,7 +97,7 @@ class TrainConfig:
         help='with precise BN, also evaluate with the running statistics it replaces (stale_top1, stale_val_loss '
              'in log.csv; the running statistics are put back before the next epoch, as without precise BN)')
     channels_last: bool = option(False, group='speed', help='NHWC memory format')
-    compile: bool = option(False, group='speed', help='torch.compile the model')
+    compile: bool = option(False, group='speed', aliases=('--torchcompile',), help='torch.compile the model')
     mixed_precision: str = option('no', choices=MIXED_PRECISION_CHOICES, group='speed',
                                   help='autocast through accelerate (GPU; bf16 is ~30x slower on AVX2 CPUs)')
     output: str | None = option(None, group='run',
@@ -87,7 +106,9 @@ class TrainConfig:
     resume: str | bool | None = option(None, nargs='?', const='auto', metavar='CHECKPOINT', group='run',
                                        help='continue the run in --output (or from CHECKPOINT) exactly where it '
                                             'stopped')
-    checkpoint: str | None = option(None, group='run', help='weights for --evaluate-only (.safetensors or .pth)')
+    checkpoint: str | None = option(None, group='run', aliases=('--initial-checkpoint',),
+                                    help='weights (.safetensors, .pth or a training checkpoint) to start training '
+                                         'from (fine-tuning; same model and classes), or to --evaluate-only')
     evaluate_only: bool = option(False, group='run', help='evaluate --checkpoint on the validation split')
     log_interval: int = option(50, minimum=1, group='run', help='steps between progress updates')
     progress: bool = option(True, group='run', help='progress bar and a line per epoch (main process)')
@@ -104,6 +125,12 @@ class TrainConfig:
         if self.evaluate_only and not self.checkpoint:
             raise ConfigError('evaluate_only needs a checkpoint: pass --checkpoint FILE '
                               '(a .safetensors, .pth or a training checkpoint)')
+        if self.opt in ('sgd', 'nesterov') and self.momentum == 0:
+            raise ConfigError(f'--opt {self.opt} is timm\'s Nesterov SGD, which needs --momentum > 0; for plain SGD '
+                              'use --opt momentum --momentum 0')
+        if (self.mixup > 0 or self.cutmix > 0) and self.data.batch_size % 2:
+            raise ConfigError(f'--mixup/--cutmix mix pairs of images: --batch-size must be even, got '
+                              f'{self.data.batch_size}')
         if self.resume and not self.output and self.resume in (True, 'auto', 'true', 'True'):
             raise ConfigError('--resume without a path needs --output (the run folder holding last.pth)')
 

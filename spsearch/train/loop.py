@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import timm
+import timm.data
+import timm.loss
 import timm.optim
 import timm.scheduler
 import timm.utils
@@ -31,11 +33,21 @@ from torch import nn
 
 from .. import models as _models  # noqa: F401  (registers the SP models with timm)
 from ..data import Loaders, create_loaders, dataset_info
+from ..data.factory import DEFAULT_CROP_PCT
+from ..data.transforms import resolve_stats
 from ..errors import ConfigError
 from ..io import atomic_write_json, atomic_write_text, atomic_write_yaml
 from ..provenance import provenance
 from ..timing import process_peak_memory_mb
-from .checkpoint import export_weights, load_checkpoint, load_weights, rng_state, save_checkpoint, set_rng_state
+from .checkpoint import (
+    export_timm_config,
+    export_weights,
+    load_checkpoint,
+    load_weights,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from .config import TrainConfig
 
 __all__ = ['PRECISE_BN_EPOCH', 'EpochCallback', 'TrainResult', 'build_model', 'check_input_size', 'evaluate',
@@ -321,6 +333,8 @@ class _Run:
         check_input_size(cfg, info.num_classes)  # before anything is written or allocated
         set_seed(cfg.data.seed)  # identical initialisation on every process and on resume
         model = build_model(cfg, info.num_classes)
+        if cfg.checkpoint:  # timm's --initial-checkpoint: fine-tune from these weights (a resume overrides them)
+            _load_into(model, cfg)
         self.params = sum(p.numel() for p in model.parameters())
         self.input_size = _input_size(model, cfg)
         self.loaders: Loaders = create_loaders(
@@ -343,7 +357,12 @@ class _Run:
                 warmup_lr=cfg.warmup_lr, warmup_epochs=cfg.warmup_epochs, step_on_epochs=False,
                 updates_per_epoch=self.updates_per_epoch)
         self.ema = timm.utils.ModelEmaV3(model, decay=cfg.ema_decay) if cfg.ema else None
-        self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+        self.mixup = _mixup(cfg, info.num_classes)
+        # with mixup/cutmix the targets are soft (smoothing folded in), as in timm's train.py
+        self.criterion = (timm.loss.SoftTargetCrossEntropy() if self.mixup is not None
+                          else nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing))
+        self.erasing = (timm.data.random_erasing.RandomErasing(cfg.reprob, mode=cfg.remode, max_count=cfg.recount,
+                                                               device=str(acc.device)) if cfg.reprob > 0 else None)
         self.raw_model = model
         if cfg.compile:
             model = torch.compile(model)  # type: ignore[assignment]
@@ -392,8 +411,9 @@ class _Run:
         self.optimizer.load_state_dict(state['optimizer'])
         if self.scheduler is not None and state.get('scheduler') is not None:
             self.scheduler.load_state_dict(state['scheduler'])
-        if self.ema is not None and state.get('ema') is not None:
-            self.ema.module.load_state_dict(state['ema'])
+        ema = state.get('state_dict_ema', state.get('ema'))  # 'ema' in checkpoints written before timm's key
+        if self.ema is not None and ema is not None:
+            self.ema.module.load_state_dict(ema)
         rngs = state.get('rng') or []
         if len(rngs) == self.acc.num_processes:
             set_rng_state(rngs[self.acc.process_index])
@@ -408,7 +428,8 @@ class _Run:
             'config': self.cfg.to_dict(), 'epoch': epoch, 'num_updates': self.num_updates,
             'model': self.raw_model.state_dict(), 'optimizer': self.optimizer.state_dict(),
             'scheduler': self.scheduler.state_dict() if self.scheduler is not None else None,
-            'ema': self.ema.module.state_dict() if self.ema is not None else None,
+            # timm's key: timm.models.load_checkpoint(model, 'last.pth', use_ema=True) loads it
+            'state_dict_ema': self.ema.module.state_dict() if self.ema is not None else None,
             'rng': _gather_rng_states(self.acc), 'history': self.history,
             'best_top1': self.best_top1, 'best_epoch': self.best_epoch,
         }
@@ -426,6 +447,10 @@ class _Run:
         tty = sys.stderr.isatty()
         with _progress(steps, f'epoch {epoch + 1}/{cfg.epochs}', self.main and cfg.progress and tty) as bar:
             for step, (images, targets) in enumerate(loader):
+                if self.erasing is not None:
+                    images = self.erasing(images)  # on normalised batches, as timm's prefetcher does
+                if self.mixup is not None:
+                    images, targets = self.mixup(images, targets)
                 if cfg.channels_last:
                     images = images.contiguous(memory_format=torch.channels_last)
                 with acc.autocast():
@@ -532,11 +557,26 @@ class _Run:
         result.wall_s = time.perf_counter() - started
         if self.out is not None and self.main and result.stopped_by != 'nonfinite' and self.history:
             result.weights = str(export_weights(self.raw_model, self.out / 'model.safetensors'))
+            self._export_timm_config()
             if self.ema is not None:
                 export_weights(self.ema.module, self.out / 'model_ema.safetensors')
         if self.out is not None and self.main:
             self._write_summary(result)
         return result
+
+    def _export_timm_config(self) -> None:
+        """``config.json`` beside ``model.safetensors``: ``timm.create_model('local-dir:<output>', pretrained=True)``
+        rebuilds this model with its classifier and loads the weights; timm's data config gets its input size and
+        normalisation."""
+        assert self.out is not None
+        c = self.input_size[0]
+        info = self.loaders.info
+        export_timm_config(
+            self.raw_model, self.out / 'config.json',
+            model_args={**self.cfg.model_kwargs, 'num_classes': info.num_classes, 'in_chans': c},
+            input_size=self.input_size, mean=resolve_stats(info.mean, c, self.cfg.mean, 'mean'),
+            std=resolve_stats(info.std, c, self.cfg.std, 'std'),
+            crop_pct=DEFAULT_CROP_PCT if self.cfg.data.dataset == 'imagefolder' else 1.0)
 
     def _save(self, epoch: int, is_best: bool) -> None:
         if self.out is None:
@@ -570,9 +610,21 @@ class _Run:
         atomic_write_json(self.out / 'summary.json', summary)  # type: ignore[operator]
 
 
-def _evaluate_only(cfg: TrainConfig, accelerator: Any) -> TrainResult:
-    info = dataset_info(cfg.data)
-    model = build_model(cfg, info.num_classes)
+def _mixup(cfg: TrainConfig, num_classes: int) -> Any:
+    """timm's ``Mixup`` (mixup and/or cutmix on each training batch, label smoothing folded in), or None."""
+    if cfg.mixup <= 0 and cfg.cutmix <= 0:
+        return None
+    return timm.data.Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, prob=cfg.mixup_prob,
+                           switch_prob=cfg.mixup_switch_prob, mode=cfg.mixup_mode,
+                           label_smoothing=cfg.label_smoothing, num_classes=num_classes)
+
+
+def _load_into(model: nn.Module, cfg: TrainConfig) -> None:
+    """Load ``cfg.checkpoint``'s weights into ``model`` (strict).
+
+    Raises:
+        ConfigError: If the file is unreadable or does not fit the model (one line).
+    """
     state = load_weights(str(cfg.checkpoint))
     try:
         model.load_state_dict(state)
@@ -580,6 +632,12 @@ def _evaluate_only(cfg: TrainConfig, accelerator: Any) -> TrainResult:
         first = str(e).strip().splitlines()[0]
         raise ConfigError(f'{cfg.checkpoint} does not fit {cfg.model} {cfg.model_kwargs}: {first}; '
                           f'pass the same --model and --model-kwargs as the run that wrote it') from None
+
+
+def _evaluate_only(cfg: TrainConfig, accelerator: Any) -> TrainResult:
+    info = dataset_info(cfg.data)
+    model = build_model(cfg, info.num_classes)
+    _load_into(model, cfg)
     loaders = create_loaders(cfg.data, input_size=_input_size(model, cfg), device=accelerator.device, mean=cfg.mean,
                              std=cfg.std, process_index=accelerator.process_index,
                              num_processes=accelerator.num_processes)
