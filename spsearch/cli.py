@@ -130,6 +130,9 @@ def option_values(args: argparse.Namespace, cls: type) -> dict[str, Any]:
         value = getattr(args, f.name)
         if f.type is dict or str(f.type).startswith('dict'):
             from_yaml = args.config_values.get(f.name)
+            if from_yaml is not None and not isinstance(from_yaml, dict):
+                raise CliError(f'{f.name} in the config file must be a mapping of keyword: value (e.g. {f.name}: '
+                               f'{{sp_alpha: 0.5}}), got {type(from_yaml).__name__} {from_yaml!r}')
             value = value if isinstance(value, dict) else {
                 **(from_yaml if isinstance(from_yaml, dict) else {}), **parse_kwargs(value, f.flag)}
         values[f.name] = value

@@ -16,7 +16,32 @@ import yaml
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
 
-__all__ = ['atomic_write', 'atomic_write_bytes', 'atomic_write_json', 'atomic_write_text', 'atomic_write_yaml']
+__all__ = ['atomic_write', 'atomic_write_bytes', 'atomic_write_json', 'atomic_write_text', 'atomic_write_yaml',
+           'check_output_folder']
+
+
+def check_output_folder(path: str | os.PathLike[str], flag: str = '--output') -> Path:
+    """Check, before anything is written, that ``path`` is or can become a folder this process writes in.
+
+    Returns:
+        ``path`` as a ``Path``.
+
+    Raises:
+        ConfigError: If ``path`` is a file, lies under a file, or its nearest existing folder is not writable
+            (one line naming the path and the fix).
+    """
+    from .errors import ConfigError
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f'{flag} {path} is a file, not a folder; give a folder (it is created if missing)')
+    parent = path
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ConfigError(f'{flag} {path} lies under the file {parent}; give a folder path')
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f'{flag} {path}: {parent} is not writable by this user; give a folder you can write in')
+    return path
 
 
 def atomic_write(path: str | os.PathLike[str], write: Callable[[str], None]) -> Path:

@@ -395,6 +395,14 @@ def _cli(argv, capsys):
     return code, err
 
 
+def test_an_output_that_is_a_file_or_under_one_is_one_line(tmp_path, capsys):
+    (tmp_path / 'afile').write_text('keep me')
+    for output, match in ((tmp_path / 'afile', 'is a file, not a folder'), (tmp_path / 'afile' / 'run', 'lies under')):
+        code, err = _cli([*TINY_ARGS, '--output', str(output)], capsys)
+        assert code == 2 and match in err and '\n' not in err, err
+    assert (tmp_path / 'afile').read_text() == 'keep me'
+
+
 @pytest.mark.parametrize('extra,match', [
     (['--budget-gflops', '0'], 'invalid: it must be a number > 0 (leave it out for no budget)'),
     (['--budget-gflops', '-1'], 'invalid: it must be a number > 0 (leave it out for no budget)'),

@@ -192,7 +192,8 @@ def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, capsys):
 
 @pytest.mark.parametrize('case', ['missing_dir', 'empty_dir', 'truncated_cifar', 'bad_yaml', 'unknown_key',
                                   'unknown_model', 'batch_too_large', 'bad_model_kwargs', 'bad_choice', 'fp16_cpu',
-                                  'resume_without_output', 'input_too_small'])
+                                  'resume_without_output', 'input_too_small', 'output_is_a_file',
+                                  'output_under_a_file', 'model_kwargs_not_a_mapping', 'nesterov_without_momentum'])
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(case, tmp_path, capsys):
     out = tmp_path / 'out'
     base = ['--epochs', '1', '--output', str(out), '--no-progress', '--img-size', '16']
@@ -224,6 +225,15 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(case, tmp_path, capsys)
         argv = ['--dataset', 'imagenet'] + base
     elif case == 'input_too_small':
         argv = ['--dataset', 'synthetic', '--model', 'sp_vgg16_cifar', *base[:-1], '8']
+    elif case in ('output_is_a_file', 'output_under_a_file'):
+        (tmp_path / 'afile').write_text('x')
+        target = tmp_path / 'afile' if case == 'output_is_a_file' else tmp_path / 'afile' / 'run'
+        argv = ['--dataset', 'synthetic', *base[:2], '--output', str(target), *base[4:]]
+    elif case == 'model_kwargs_not_a_mapping':
+        (tmp_path / 'c.yaml').write_text('model_kwargs: [1, 2]\n')
+        argv = ['-c', str(tmp_path / 'c.yaml'), '--dataset', 'synthetic'] + base
+    elif case == 'nesterov_without_momentum':
+        argv = ['--dataset', 'synthetic', '--momentum', '0'] + base
     elif case == 'resume_without_output':
         argv = ['--dataset', 'synthetic', '--resume', '--epochs', '1', '--no-progress']
     else:

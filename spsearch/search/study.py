@@ -23,7 +23,7 @@ import optuna
 from optuna.trial import TrialState
 
 from ..errors import ConfigError
-from ..io import atomic_write_yaml
+from ..io import atomic_write_yaml, check_output_folder
 from ..provenance import mask_secrets
 from ..space import SearchSpace
 from .budgets import LatencyCache, best_uniform, check_latency_budget, check_space_budgets, latency_protocol
@@ -163,7 +163,7 @@ def open_search(cfg: SearchConfig, *, log: Any = print, command: str | None = No
             log(f'timing the {space.num_stages} stages of every choice on {protocol["device"]} to check '
                 f'--budget-latency-ms against the space ...')
             notes += check_latency_budget(space, cfg.budget_latency_ms, protocol)
-    output = Path(cfg.output_dir)
+    output = check_output_folder(cfg.output_dir)
     spec = StorageSpec(cfg.storage, output)
     storage, names = _study_names(spec, must_exist=cfg.resume)
     exists = cfg.study_name in names

@@ -36,7 +36,7 @@ from ..data import Loaders, create_loaders, dataset_info
 from ..data.factory import DEFAULT_CROP_PCT
 from ..data.transforms import resolve_stats
 from ..errors import ConfigError
-from ..io import atomic_write_json, atomic_write_text, atomic_write_yaml
+from ..io import atomic_write_json, atomic_write_text, atomic_write_yaml, check_output_folder
 from ..provenance import provenance
 from ..timing import process_peak_memory_mb
 from .checkpoint import (
@@ -318,7 +318,7 @@ class _Run:
         self.acc = accelerator
         self.callback = epoch_callback
         self.main = accelerator.is_main_process
-        self.out = Path(cfg.output) if cfg.output else None
+        self.out = check_output_folder(cfg.output) if cfg.output else None
 
     def log(self, text: str) -> None:
         if self.main and self.cfg.progress:
