@@ -549,3 +549,30 @@ def test_a_proxy_resolution_the_model_cannot_take_is_refused_before_anything_is_
                       str(tmp_path / 'out')], capsys)
     assert code == 2 and 'cannot take 8x8 inputs' in err and '--proxy-img-size' in err
     assert not (tmp_path / 'out').exists()
+
+
+def test_a_study_killed_before_its_settings_and_baselines_gets_them_on_the_next_run(tmp_path):
+    """Created, then killed before the settings guard and the baselines were stored: the next run sets both up
+    (and a run with other settings is then refused)."""
+    from spsearch.search.study import open_search
+    cfg = SearchConfig.from_dict({**TINY, 'budget_gflops': 0.03, 'n_trials': 2, 'output': str(tmp_path)})
+    optuna.create_study(storage=f'sqlite:///{tmp_path}/study.db', study_name=cfg.study_name)  # the kill's leftover
+    opened = open_search(cfg, log=lambda s: None)
+    waiting = [t for t in opened.study.get_trials() if t.state == TrialState.WAITING]
+    assert [t.user_attrs['baseline'] for t in waiting] == ['paper', 'uniform']
+    assert 'identity' in opened.study.user_attrs
+    with pytest.raises(ConfigError, match='was created with other settings'):
+        open_search(cfg.replace(proxy_epochs=2), log=lambda s: None)
+
+
+def test_a_failed_baseline_is_queued_again_on_the_next_run(tmp_path):
+    """The paper's trial failed (bad input, say): re-running with the input fixed queues it again, once."""
+    from spsearch.search.study import open_search
+    cfg = SearchConfig.from_dict({**TINY, 'budget_gflops': 0.03, 'n_trials': 2, 'output': str(tmp_path)})
+    study = open_search(cfg, log=lambda s: None).study
+    paper = next(t for t in study.get_trials() if t.user_attrs.get('baseline') == 'paper')
+    study._storage.set_trial_state_values(paper._trial_id, state=TrialState.FAIL)
+    notes = open_search(cfg, log=lambda s: None).notes
+    assert any('baseline(s) paper' in n and 'queued again' in n for n in notes)
+    again = open_search(cfg, log=lambda s: None).study.get_trials()
+    assert [t.user_attrs.get('baseline') for t in again if t.state == TrialState.WAITING] == ['uniform', 'paper']

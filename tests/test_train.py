@@ -429,3 +429,18 @@ def test_initial_checkpoint_starts_training_from_those_weights(tmp_path):
             torch.testing.assert_close(after[k], v, msg=k)
     with pytest.raises(ConfigError, match='does not fit'):
         train(TrainConfig.from_dict({**args, 'model_kwargs': {'sp_alpha': 'vanilla'}, 'output': None}))
+
+
+def test_precision_from_accelerate_launch_is_honoured_and_checked():
+    """Flags/YAML first, then accelerate's setting (ACCELERATE_MIXED_PRECISION); fp16 without a GPU is refused
+    whichever source asks for it, instead of running fp32 while summary.json says fp16."""
+    from spsearch.train.loop import resolve_precision
+    cfg = TrainConfig.from_dict(dict(TINY, output=None))
+    assert resolve_precision(cfg, {}) == ('no', 'accelerate launch --mixed_precision (or its config)')
+    assert resolve_precision(cfg, {'ACCELERATE_MIXED_PRECISION': 'bf16'})[0] == 'bf16'
+    assert resolve_precision(cfg.replace(mixed_precision='bf16'), {'ACCELERATE_MIXED_PRECISION': 'no'})[0] == 'bf16'
+    with pytest.raises(ConfigError, match='not supported here'):
+        resolve_precision(cfg, {'ACCELERATE_MIXED_PRECISION': 'fp8'})
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match='accelerate launch --mixed_precision .* fp16 needs a CUDA GPU'):
+            resolve_precision(cfg, {'ACCELERATE_MIXED_PRECISION': 'fp16'})

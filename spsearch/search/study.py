@@ -171,7 +171,7 @@ def open_search(cfg: SearchConfig, *, log: Any = print, command: str | None = No
         raise ConfigError(f'no study named {cfg.study_name!r} in {spec.display()}{_holds(names)}; pass --study NAME, '
                           f'or drop --resume to start it')
     identity = {'space': space.to_dict(), **cfg.identity()}
-    existing_trials, others_live = 0, False
+    existing_trials, others_live, adopt = 0, False, False
     if exists:
         existing_study = optuna.load_study(study_name=cfg.study_name, storage=storage)
         stored = existing_study.user_attrs.get(_IDENTITY)
@@ -179,6 +179,8 @@ def open_search(cfg: SearchConfig, *, log: Any = print, command: str | None = No
             raise ConfigError(f'study {cfg.study_name!r} in {spec.display()} has trials but no stored settings to '
                               f'check against (an earlier SPSearch made it); continue it with that version, or start '
                               f'a new --study/--output')
+        # created, then killed before its settings were stored: nothing ran in it, so it is set up now
+        adopt = stored is None
         if stored is not None:
             diffs = _identity_diff(stored, identity)
             if diffs:
@@ -204,9 +206,14 @@ def open_search(cfg: SearchConfig, *, log: Any = print, command: str | None = No
             study = optuna.load_study(study_name=cfg.study_name, storage=storage, sampler=_sampler(cfg, space, seed),
                                       pruner=_pruner(cfg))
             created = False
-    if created:
+    if created or adopt:
         _initialise(study, space, cfg, identity, command, notes)
-    elif spec.is_sqlite and others_live:
+    else:
+        requeued = _ensure_baselines(study, space, cfg)
+        if requeued:
+            notes.append(f'baseline(s) {", ".join(requeued)} had no finished or queued trial (failed, or never '
+                         f'enqueued): queued again')
+    if spec.is_sqlite and others_live:
         notes.append('another worker is running this SQLite study: SQLite serialises writers and may fail '
                      'with "database is locked"; for parallel workers use a journal file (--storage study.log) '
                      'or PostgreSQL/MySQL (--storage postgresql://...)')
@@ -224,14 +231,29 @@ def _initialise(study: optuna.Study, space: SearchSpace, cfg: SearchConfig, iden
     with warnings.catch_warnings():
         warnings.simplefilter('ignore', optuna.exceptions.ExperimentalWarning)
         study.set_metric_names([cfg.score.column, cfg.mo_metric] if cfg.multi_objective else [cfg.score.column])
+    if not space.contains(space.paper_arch()):
+        notes.append(f'the paper configuration ({space.format(space.paper_arch())}) is not in this space, so it is '
+                     f'no trial; it is still retrained as the baseline')
+    _ensure_baselines(study, space, cfg)
+
+
+_ALIVE = (TrialState.WAITING, TrialState.RUNNING, TrialState.COMPLETE, TrialState.PRUNED)
+
+
+def _ensure_baselines(study: optuna.Study, space: SearchSpace, cfg: SearchConfig) -> list[str]:
+    """Enqueue the paper's and the best uniform architecture unless a trial of each is queued, running or finished
+    (a baseline that failed on bad input, or a study killed before they were enqueued, gets them again)."""
     paper, uniform = space.paper_arch(), best_uniform(space, cfg.budgets)
-    if space.contains(paper):
-        study.enqueue_trial(space.optuna_params(paper), user_attrs=TrialRecord().as_user_attrs(baseline='paper'))
-    else:
-        notes.append(f'the paper configuration ({space.format(paper)}) is not in this space, so it is no '
-                     f'trial; it is still retrained as the baseline')
+    wanted = [('paper', paper)] if space.contains(paper) else []
     if uniform is not None and uniform != paper:
-        study.enqueue_trial(space.optuna_params(uniform), user_attrs=TrialRecord().as_user_attrs(baseline='uniform'))
+        wanted.append(('uniform', uniform))
+    have = {TrialRecord.of(t).baseline for t in study.get_trials(deepcopy=False, states=_ALIVE)}
+    queued = []
+    for kind, arch in wanted:
+        if kind not in have:
+            study.enqueue_trial(space.optuna_params(arch), user_attrs=TrialRecord().as_user_attrs(baseline=kind))
+            queued.append(kind)
+    return queued
 
 
 def _holds(names: list[str]) -> str:

@@ -13,6 +13,7 @@ import contextlib
 import csv
 import io
 import math
+import os
 import sys
 import time
 import warnings
@@ -99,23 +100,42 @@ class TrainResult:
         return asdict(self)
 
 
-def make_accelerator(cfg: TrainConfig) -> Any:
-    """An ``accelerate.Accelerator`` for ``cfg`` (CPU when there is no CUDA; precision checked).
+def resolve_precision(cfg: TrainConfig, environ: dict[str, str] | None = None) -> tuple[str, str]:
+    """The autocast precision a run uses and where it came from: ``cfg`` (flags or YAML) when it asks for one,
+    else ``accelerate launch --mixed_precision`` / accelerate's config (``ACCELERATE_MIXED_PRECISION``), else no.
 
     Raises:
-        ConfigError: fp16 without a GPU (autocast would silently run fp32 there).
+        ConfigError: An unknown value from accelerate, or fp16 without a GPU (autocast would silently run fp32).
+    """
+    from .config import MIXED_PRECISION_CHOICES
+    env = os.environ if environ is None else environ
+    launched = env.get('ACCELERATE_MIXED_PRECISION', 'no') or 'no'
+    if cfg.mixed_precision != 'no':
+        precision, source = cfg.mixed_precision, '--mixed-precision'
+    else:
+        precision, source = launched, 'accelerate launch --mixed_precision (or its config)'
+    if precision not in MIXED_PRECISION_CHOICES:
+        raise ConfigError(f'{source} {precision!r} is not supported here; use one of '
+                          f'{", ".join(MIXED_PRECISION_CHOICES)}')
+    if precision == 'fp16' and not torch.cuda.is_available():
+        raise ConfigError(f'{source} fp16 needs a CUDA GPU (on CPU it would silently run fp32); use no (or bf16)')
+    return precision, source
+
+
+def make_accelerator(cfg: TrainConfig) -> Any:
+    """An ``accelerate.Accelerator`` for ``cfg`` (CPU when there is no CUDA; precision from ``resolve_precision``,
+    passed explicitly so that what runs is what ``summary.json`` records).
+
+    Raises:
+        ConfigError: See ``resolve_precision``.
     """
     from accelerate import Accelerator
 
     cuda = torch.cuda.is_available()
-    if not cuda and cfg.mixed_precision == 'fp16':
-        raise ConfigError('--mixed-precision fp16 needs a CUDA GPU (on CPU it would silently run fp32); '
-                          'use --mixed-precision no (or bf16)')
-    kwargs: dict[str, Any] = {'cpu': not cuda}
+    precision, _ = resolve_precision(cfg)
+    kwargs: dict[str, Any] = {'cpu': not cuda, 'mixed_precision': precision}
     if cuda:
         torch.backends.cudnn.benchmark = True  # fixed input sizes: cuDNN picks each conv's fastest kernel (as timm)
-    if cfg.mixed_precision != 'no':
-        kwargs['mixed_precision'] = cfg.mixed_precision
     return Accelerator(**kwargs)
 
 
