@@ -16,6 +16,7 @@ with provenance.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import ctypes
 import io
@@ -24,6 +25,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument('--batch-size', type=int, nargs='+', default=[16])
     group.add_argument('--img-size', type=int, default=None, help='input resolution (default: the model\'s)')
     group.add_argument('--device', default='cpu', help='cpu, cuda or cuda:N')
+    group.add_argument('--runtime', choices=['torch', 'onnxruntime'], default='torch',
+                       help='onnxruntime: both models exported to ONNX (BNs folded, spsearch.export) and run in '
+                            'onnxruntime on the CPU, interleaved the same way (inference only)')
     group.add_argument('--amp', choices=['no', 'bf16', 'fp16'], default='no', help='autocast dtype')
     group.add_argument('--channels-last', action='store_true')
     group.add_argument('--compile', action='store_true', help='torch.compile both models')
@@ -97,7 +102,8 @@ def create(name: str, kwargs: dict[str, Any], num_classes: int | None) -> torch.
 
 def condition_name(c: dict[str, Any]) -> str:
     parts = [c['bench'], c['device'].replace(':', ''), f"bs{c['batch_size']}", c['amp'] if c['amp'] != 'no' else 'fp32']
-    parts += [tag for tag, on in (('cl', c['channels_last']), ('fused', c['fused']), ('compiled', c['compile'])) if on]
+    parts += [tag for tag, on in (('cl', c['channels_last']), ('fused', c['fused']), ('compiled', c['compile']),
+                                  ('ort', c.get('runtime') == 'onnxruntime')) if on]
     impl = c.get('sp_impl', 'auto')
     parts += [tag for tag, on in ((f'sp{impl}', impl != 'auto'), ('recompute', c.get('sp_recompute')),
                                   ('mallockeep', c.get('malloc') == 'keep')) if on]
@@ -155,6 +161,20 @@ def _memory_in_this_process(spec: dict[str, Any]) -> float | None:
     return peak_memory_mb(make_step(model, x, train=spec['train'], amp=spec['amp']), device)
 
 
+def ort_step(model: torch.nn.Module, x: torch.Tensor, folder: str, name: str) -> Any:
+    """One onnxruntime inference step of ``model`` (exported with its BNs folded, fixed batch) on ``x``."""
+    import onnxruntime as ort
+
+    from spsearch.export import export_onnx
+    path = export_onnx(model, Path(folder) / f'{name}.onnx', tuple(x.shape[1:]), batch_size=x.shape[0])
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()  # the same threads as the torch rows
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    session = ort.InferenceSession(str(path), options, providers=['CPUExecutionProvider'])
+    feed = {session.get_inputs()[0].name: x.numpy()}
+    return lambda: session.run(None, feed)
+
+
 def macs_of(model: torch.nn.Module, input_size: tuple[int, int, int]) -> int | None:
     try:
         return analytic_count(model, input_size).macs
@@ -169,12 +189,16 @@ def run_condition(models: dict[str, torch.nn.Module], specs: dict[str, dict[str,
     input_size = cond['input_size']
     load_start = os.getloadavg()[0]
     steps = {}
-    for role, model in models.items():
-        x = torch.randn(cond['batch_size'], *input_size, device=device)
-        if cond['channels_last']:
-            x = x.contiguous(memory_format=torch.channels_last)
-        steps[role] = make_step(prepare(model, x, cond, train), x, train=train, amp=cond['amp'])
-    times = time_interleaved(steps, device, args.warmup, args.repeats)
+    with contextlib.ExitStack() as stack:
+        for role, model in models.items():
+            x = torch.randn(cond['batch_size'], *input_size, device=device)
+            if cond.get('runtime') == 'onnxruntime':
+                steps[role] = ort_step(model, x, stack.enter_context(tempfile.TemporaryDirectory()), role)
+                continue
+            if cond['channels_last']:
+                x = x.contiguous(memory_format=torch.channels_last)
+            steps[role] = make_step(prepare(model, x, cond, train), x, train=train, amp=cond['amp'])
+        times = time_interleaved(steps, device, args.warmup, args.repeats)
     stats = {role: summarize(t, cond['batch_size']) for role, t in times.items()}
     memory: dict[str, float | None] = {role: None for role in models}
     if not args.no_memory:
@@ -190,7 +214,7 @@ def run_condition(models: dict[str, torch.nn.Module], specs: dict[str, dict[str,
     row: dict[str, Any] = {
         'condition': condition_name(cond), **{k: cond[k] for k in (
             'bench', 'device', 'batch_size', 'amp', 'channels_last', 'fused', 'compile', 'sp_impl', 'sp_recompute',
-            'malloc')},
+            'malloc', 'runtime')},
         'img_size': input_size[-1], 'threads': torch.get_num_threads(),
         'load_1min_start': round(load_start, 2), 'load_1min_end': round(os.getloadavg()[0], 2),
         'model': specs['model']['label'], 'latency_ms': stats['model'].median_ms,
@@ -271,6 +295,17 @@ def main(argv: list[str] | None = None) -> int:
         raise CliError(f'--device {args.device} is not supported here; use cpu, cuda or cuda:N')
     if device.type == 'cuda' and not torch.cuda.is_available():
         raise CliError('--device cuda asked for but torch sees no CUDA device; use --device cpu')
+    if args.runtime == 'onnxruntime':
+        clash = [flag for flag, on in (('--bench train/both', args.bench != 'inference'), ('--device cuda',
+                 device.type != 'cpu'), ('--amp', args.amp != 'no'), ('--compile', args.compile),
+                 ('--channels-last', args.channels_last), ('--sp-impl tune', args.sp_impl == 'tune')) if on]
+        if clash:
+            raise CliError(f'--runtime onnxruntime times CPU inference of the exported graph; drop {", ".join(clash)}')
+        try:
+            import onnxruntime  # noqa: F401
+        except ImportError:
+            raise CliError('--runtime onnxruntime needs onnxruntime: pip install -e .[export]') from None
+        args.fused, args.no_memory = 'yes', True  # the exported graph is the folded model; no memory probes
 
     roles = {'model': (args.model, parse_kwargs(args.model_kwargs, '--model-kwargs'))}
     if args.baseline.lower() != 'none':
@@ -292,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
                 cond = dict(bench=bench, device=str(device), batch_size=batch_size, amp=args.amp,
                             channels_last=args.channels_last, fused=fused, compile=args.compile,
                             input_size=input_size, sp_impl=args.sp_impl, sp_recompute=args.sp_recompute,
-                            malloc=args.malloc)
+                            malloc=args.malloc, runtime=args.runtime)
                 row = run_condition(models, specs, cond, args)
                 rows.append(row)
                 append_csv(Path(args.csv_dir) / f"{row['condition']}.csv", row)

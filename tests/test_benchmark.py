@@ -36,6 +36,17 @@ def test_benchmark_json_csv_and_report(tmp_path, capsys):
     assert text.startswith('## sp_resnet20 vs sp_resnet20') and '- Commit:' in text and '| latency ratio |' in text
 
 
+def test_benchmark_in_onnxruntime(tmp_path, capsys):
+    """--runtime onnxruntime: both models exported (BNs folded) and timed in onnxruntime, interleaved."""
+    rc = benchmark.main([*R20, '--runtime', 'onnxruntime', '--batch-size', '2', '--warmup', '1', '--repeats', '2',
+                         '--json', '--csv-dir', str(tmp_path)])
+    assert rc == 0
+    row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert row['runtime'] == 'onnxruntime' and row['fused'] is True and row['condition'].endswith('_fused_ort')
+    assert row['latency_ms'] > 0 and row['ratio'] == pytest.approx(row['latency_ms'] / row['baseline_latency_ms'])
+    assert row['peak_mem_mb'] is None
+
+
 @pytest.mark.slow  # fresh-process memory probes
 def test_benchmark_train_with_memory_probe(capsys, tmp_path):
     rc = benchmark.main([*R20, '--bench', 'train', '--batch-size', '4', '--warmup', '0', '--repeats', '1',
@@ -56,6 +67,8 @@ def test_benchmark_train_with_memory_probe(capsys, tmp_path):
     (['--model', 'sp_resnet20', '--device', 'cuda:0'], 'CUDA'),
     (['--model', 'sp_resnet20', '--device', 'tpu'], "--device 'tpu' is not a torch device"),
     (['--model', 'sp_resnet20', '--device', 'mps'], '--device mps is not supported'),
+    (['--model', 'sp_resnet20', '--runtime', 'onnxruntime', '--bench', 'train'], 'drop --bench train/both'),
+    (['--model', 'sp_resnet20', '--runtime', 'onnxruntime', '--channels-last'], 'drop --channels-last'),
 ])
 def test_benchmark_bad_input_is_one_line_exit_2(argv, message, capsys, monkeypatch):
     monkeypatch.setattr('torch.cuda.is_available', lambda: False)
