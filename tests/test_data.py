@@ -600,8 +600,25 @@ def test_holdout_carves_the_validation_images_out_of_the_training_split(tmp_path
 def test_png_without_end_chunk_is_skipped(tmp_path):
     root = write_folder(tmp_path / 'imgs', n_train=2, n_val=1)
     (root / 'train' / 'cat' / 'x.png').write_bytes(b'\x89PNG\r\n\x1a\n' + b'\0' * 20)
-    assert ds.check_image_file(root / 'train' / 'cat' / 'x.png') == 'truncated (no end-of-image marker)'
+    assert ds.check_image_file(root / 'train' / 'cat' / 'x.png').startswith('truncated (no end-of-image marker')
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter('always')
         info = dataset_info(DataConfig('imagefolder', data_dir=str(root)))
     assert info.skipped == 1 and [w.category for w in caught] == [DataWarning]
+
+
+def test_the_scan_keeps_what_decoders_read_and_reads_a_linked_folder_once(tmp_path):
+    """A JPEG with data appended after its end marker (as some cameras write) decodes, so it is kept; a symlink
+    loop inside a class folder neither hangs the scan nor counts its images again."""
+    from PIL import Image
+    root = write_folder(tmp_path / 'imgs', n_train=2, n_val=1)
+    jpeg = root / 'train' / 'cat' / 'appended.jpg'
+    Image.new('RGB', (8, 8), (200, 10, 10)).save(jpeg)
+    jpeg.write_bytes(jpeg.read_bytes() + b'\0' * 2048)  # the end marker is no longer in the last KiB
+    assert ds.check_image_file(jpeg) is None
+    before = dataset_info(DataConfig('imagefolder', data_dir=str(root))).num_train
+    (root / 'train' / 'cat' / 'loop').symlink_to(root / 'train' / 'cat', target_is_directory=True)
+    (root / 'train' / 'dog' / 'cats').symlink_to(root / 'train' / 'cat', target_is_directory=True)
+    info = dataset_info(DataConfig('imagefolder', data_dir=str(root)))
+    assert info.num_train == before + len(ds._images_in(root / 'train' / 'cat'))  # the dog link: cats once more
+    assert len(ds._images_in(root / 'train' / 'cat')) == len(list((root / 'train' / 'cat').glob('*.*')))

@@ -491,7 +491,9 @@ def check_image_file(path: str | os.PathLike[str]) -> str | None:
     """Why ``path`` cannot be a readable image, or ``None`` if it looks fine.
 
     Reads the first 16 bytes (format signature) and, for JPEG and PNG, the last KiB (end marker:
-    ``FFD9``, ``IEND``), so empty, foreign and truncated files are caught without decoding.
+    ``FFD9``, ``IEND``), so empty, foreign and truncated files are caught without decoding. A file
+    without the marker there (data appended after it, as some cameras and editors write) is decoded
+    once with PIL, as a loader would, and kept if that works: only what a decoder rejects is left out.
     """
     try:
         with open(path, 'rb') as f:
@@ -508,10 +510,16 @@ def check_image_file(path: str | os.PathLike[str]) -> str | None:
             else:
                 return 'not an image (unknown format signature)'
             f.seek(max(0, os.fstat(f.fileno()).st_size - 1024))
-            if end_marker not in f.read():
-                return 'truncated (no end-of-image marker)'
+            marked = end_marker in f.read()
     except OSError as e:
         return f'cannot be read ({e.strerror or e})'
+    if not marked:
+        try:
+            from PIL import Image
+            with Image.open(path) as image:
+                image.load()
+        except Exception:  # PIL raises OSError, SyntaxError, ValueError, ... on a bad file
+            return 'truncated (no end-of-image marker, and PIL cannot decode it)'
     return None
 
 
@@ -520,8 +528,16 @@ def _class_dirs(split_dir: Path) -> list[str]:
 
 
 def _images_in(class_dir: Path) -> list[str]:
+    """Image files under ``class_dir`` (sorted, hidden ones left out), following links to folders but reading
+    each folder once: a symlink loop, or a second link to a folder already read, adds nothing."""
     out: list[str] = []
+    seen: set[tuple[int, int]] = set()
     for dirpath, dirnames, filenames in os.walk(class_dir, followlinks=True):
+        st = os.stat(dirpath)
+        if (st.st_dev, st.st_ino) in seen:
+            dirnames[:] = []
+            continue
+        seen.add((st.st_dev, st.st_ino))
         dirnames[:] = sorted(d for d in dirnames if not d.startswith('.'))
         out.extend(os.path.join(dirpath, f) for f in sorted(filenames)
                    if not f.startswith('.') and f.lower().endswith(IMG_EXTENSIONS))
