@@ -74,6 +74,10 @@ def export_onnx(model: nn.Module, path: str | os.PathLike[str], input_size: tupl
     import onnx
     if opset < DEFAULT_OPSET:
         raise ConfigError(f'--opset {opset} is too old for the exporter; give >= {DEFAULT_OPSET}')
+    newest = onnx.defs.onnx_opset_version()
+    if opset > newest:
+        raise ConfigError(f'--opset {opset} is newer than this onnx {onnx.__version__} knows ({newest}); give '
+                          f'{DEFAULT_OPSET}-{newest}')
     model = fold_batchnorms(model.eval()) if fold else model.eval()
     # torch.export specialises a dimension of size 1, so a symbolic batch is traced with 2 images
     example = torch.randn(max(batch_size, 2) if dynamic_batch else batch_size, *input_size)

@@ -59,8 +59,10 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[str], None]) -> 
     fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
     os.close(fd)
     try:
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes it 0600; the file gets the permissions open() would give
         write(tmp)
+        # mkstemp makes it 0600 (and some writers, safetensors' save_file, recreate it so): the file gets the
+        # permissions open() would give
+        os.chmod(tmp, 0o666 & ~_UMASK)
         with open(tmp, 'rb') as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -90,3 +90,6 @@ def test_export_needs_a_recent_opset(tmp_path):
     from spsearch.errors import ConfigError
     with pytest.raises(ConfigError, match='--opset 13 is too old'):
         export_onnx(torch.nn.Conv2d(3, 4, 3), tmp_path / 'm.onnx', (3, 8, 8), opset=13)
+    with pytest.raises(ConfigError, match='--opset 99 is newer than this onnx'):  # it wrote opset 18, said 99
+        export_onnx(torch.nn.Conv2d(3, 4, 3), tmp_path / 'm.onnx', (3, 8, 8), opset=99)
+    assert not (tmp_path / 'm.onnx').exists()

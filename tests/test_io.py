@@ -23,3 +23,17 @@ def test_atomic_write_keeps_the_old_file_on_failure_and_respects_the_umask(tmp_p
     with pytest.raises(OSError, match='disk full'):
         atomic_write(path, fail)
     assert path.read_text() == 'old' and [p.name for p in tmp_path.iterdir()] == ['report.md']
+
+
+def test_a_writer_that_recreates_the_file_still_gets_the_umask_permissions(tmp_path):
+    """safetensors' save_file replaces the temporary file with a 0600 one: the weights must still be readable as
+    every other output is (seen by a new user: model.safetensors was -rw-------)."""
+    import safetensors.torch
+    import torch
+
+    from spsearch.train.checkpoint import export_weights
+    umask = os.umask(0)
+    os.umask(umask)
+    path = export_weights(torch.nn.Linear(2, 2), tmp_path / 'model.safetensors')
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask
+    assert set(safetensors.torch.load_file(str(path))) == {'weight', 'bias'}
