@@ -252,6 +252,9 @@ def test_tiny_study_reports(tiny_study):
     assert len(rows) == 8
     assert {'alpha1', 'groups3', 'gmacs', 'mparams', 'latency_ms', 'proxy_score', 'final_val_loss', 'final_top1',
             'epochs', 'trial_s'} <= set(rows[0])
+    constrained = [t for t in run.study.get_trials() if t.constraints]
+    assert constrained and all(t.user_attrs['feasible'] == all(v <= 0 for v in t.constraints.values())
+                               for t in constrained)  # shown by optuna-dashboard and `optuna trials`
     front = list(csv.DictReader((out / 'pareto_gmacs.csv').open()))
     assert front and (out / 'pareto_gmacs.png').read_bytes()[:4] == b'\x89PNG'
     best = yaml.safe_load((out / 'best.yaml').read_text())

@@ -140,7 +140,11 @@ class Objective:
         for key, value in constraints(costs, self.cfg.budgets).items():
             if key not in have:
                 trial.set_constraint(key, value)
-        return violations(costs, self.cfg.budgets)
+        over = violations(costs, self.cfg.budgets)
+        # a plain attribute too: optuna-dashboard shows over-budget and pruned trials alike as PRUNED and does not
+        # read Optuna's constraint storage; `feasible` is visible there and in `optuna trials`
+        TrialRecord.of(trial).update(trial, feasible=not over)
+        return over
 
     def _over_budget(self, trial: optuna.Trial, record: TrialRecord, head: str, over: list[str]) -> float:
         record.update(trial, status='over budget: ' + '; '.join(over))

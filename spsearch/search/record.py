@@ -30,6 +30,7 @@ class TrialRecord:
         retry_of: The number of the interrupted trial this one re-runs with the same parameters.
         worker: ``{'host', 'pid', 'started'}`` of the process that ran it (``storage.this_worker``).
         status: One human line: ``complete``, ``over budget: ...``, ``pruned after epoch 1``, ...
+        feasible: Within every budget (Optuna's constraints, as a plain attribute the dashboard and CLI show).
         sp_alpha: Per-stage split ratio (``'vanilla'`` for a plain stage), as the model takes it.
         sp_groups: Per-stage GWC groups.
         gmacs: 1e9 multiply-accumulates at the space's evaluation size.
@@ -52,6 +53,7 @@ class TrialRecord:
     retry_of: int | None = None
     worker: dict[str, Any] | None = None
     status: str = ''
+    feasible: bool | None = None
     sp_alpha: list[Any] | None = None
     sp_groups: list[int] | None = None
     gmacs: float | None = None

@@ -65,7 +65,8 @@ def trial_rows(trials: list[FrozenTrial], num_stages: int) -> list[dict[str, Any
         row.update({'feasible': feasible(t) if t.constraints else '', 'proxy_score': _num(proxy_value(t), 4),
                     'duration_s': _num(duration, 2),
                     'start': t.datetime_start.isoformat(timespec='seconds') if t.datetime_start else ''})
-        row.update({k: round(v, 4) if isinstance(v, float) else v for k, v in rec.scalars().items()})
+        row.update({k: round(v, 4) if isinstance(v, float) else v for k, v in rec.scalars().items()
+                    if k != 'feasible'})  # the column above, from the constraints (studies before the attribute)
         rows.append(row)
     return rows
 
