@@ -257,6 +257,7 @@ def test_tiny_study_reports(tiny_study):
                                for t in constrained)  # shown by optuna-dashboard and `optuna trials`
     front = list(csv.DictReader((out / 'pareto_gmacs.csv').open()))
     assert front and (out / 'pareto_gmacs.png').read_bytes()[:4] == b'\x89PNG'
+    assert (out / 'optuna_history.png').read_bytes()[:4] == b'\x89PNG'
     best = yaml.safe_load((out / 'best.yaml').read_text())
     complete = [t for t in run.study.get_trials() if t.state == TrialState.COMPLETE]
     top = min(complete, key=lambda t: t.value)  # the default score, validation loss, is minimised

@@ -190,6 +190,7 @@ def write_reports(opened: OpenStudy, search_wall_s: float | None = None, total_w
         opened, trials, 'latency_ms',
         f'latency (ms, median, batch {proto.get("batch_size", cfg.latency_batch_size)}, '
         f'{proto.get("device", cfg.latency_device)})')
+    written['history'] = _optuna_history(opened, trials)
     best = best_trials(trials, 1, score=cfg.score)
     if best:
         t = best[0]
@@ -203,6 +204,28 @@ def write_reports(opened: OpenStudy, search_wall_s: float | None = None, total_w
     atomic_write_text(out / 'summary.md', _summary(opened, trials, written, search_wall_s, total_wall_s))
     written['summary'] = out / 'summary.md'
     return written
+
+
+def _optuna_history(opened: OpenStudy, trials: list[FrozenTrial]) -> Path | None:
+    """Optuna's own optimization-history plot (``optuna.visualization.matplotlib``) as ``optuna_history.png``;
+    None for a multi-objective study or before a trial completed."""
+    if opened.cfg.multi_objective or not any(t.state == TrialState.COMPLETE for t in trials):
+        return None
+    import warnings
+
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    from optuna.visualization.matplotlib import plot_optimization_history
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')  # Optuna marks its matplotlib backend experimental
+        ax = plot_optimization_history(opened.study, target_name=opened.cfg.score.column)
+    path = opened.output / 'optuna_history.png'
+    ax.figure.set_size_inches(6.4, 4.4)
+    ax.figure.tight_layout()
+    atomic_write(path, lambda tmp: ax.figure.savefig(tmp, format='png', dpi=120))
+    plt.close(ax.figure)
+    return path
 
 
 def _fmt(value: Any, digits: int = 2) -> str:
@@ -270,6 +293,10 @@ def _summary(opened: OpenStudy, trials: list[FrozenTrial], written: dict[str, An
                      f'{cfg.score.format(proxy_value(pick))} | '
                      f'{"yes" if feasible(pick) else "no"} |')
     lines.append('')
+    if written.get('history'):
+        lines += [f'![optimization history]({written["history"].name})', '',
+                  'Optuna\'s optimization history of the proxy score (`optuna.visualization`): every complete '
+                  'trial and the best so far.', '']
     for key in ('pareto_gmacs', 'pareto_latency'):
         info = written.get(key)
         if info:
