@@ -221,10 +221,11 @@ def _optuna_history(opened: OpenStudy, trials: list[FrozenTrial]) -> Path | None
         warnings.simplefilter('ignore')  # Optuna marks its matplotlib backend experimental
         ax = plot_optimization_history(opened.study, target_name=opened.cfg.score.column)
     path = opened.output / 'optuna_history.png'
-    ax.figure.set_size_inches(6.4, 4.4)
-    ax.figure.tight_layout()
-    atomic_write(path, lambda tmp: ax.figure.savefig(tmp, format='png', dpi=120))
-    plt.close(ax.figure)
+    fig: Any = ax.figure  # a Figure (matplotlib types it Figure | SubFigure)
+    fig.set_size_inches(6.4, 4.4)
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format='png', dpi=120))
+    plt.close(fig)
     return path
 
 
