@@ -255,7 +255,8 @@ def test_image_folder_torch_loader_and_val_shards(tmp_path):
     from timm.data import create_transform
     mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
     loaders = create_loaders(cfg, input_size=(3, 16, 16), mean=mean, std=std)
-    reference = create_transform((3, 16, 16), is_training=False, mean=mean, std=std, crop_pct=0.875,
+    # small images (<= 64 px) are validated whole, as the in-memory path does: no centre crop
+    reference = create_transform((3, 16, 16), is_training=False, mean=mean, std=std, crop_pct=1.0,
                                  interpolation='bilinear')
     expected = torch.stack([reference(Image.open(f).convert('RGB')) for f in scan_image_folder(str(root)).val.files])
     got = torch.cat([b[0] for b in batches(loaders.val)])
@@ -622,3 +623,25 @@ def test_the_scan_keeps_what_decoders_read_and_reads_a_linked_folder_once(tmp_pa
     info = dataset_info(DataConfig('imagefolder', data_dir=str(root)))
     assert info.num_train == before + len(ds._images_in(root / 'train' / 'cat'))  # the dog link: cats once more
     assert len(ds._images_in(root / 'train' / 'cat')) == len(list((root / 'train' / 'cat').glob('*.*')))
+
+
+@pytest.mark.parametrize('loader', ['torch', pytest.param('dali', marks=pytest.mark.dali)])
+def test_imagefolder_augmentation_follows_the_image_size(tmp_path, loader):
+    """Small images (<= 64 px) train with pad-and-crop + flip, not ImageNet's random-resized crop; --scale/--ratio
+    ask for the random-resized crop at any size; larger images get it by default."""
+    if loader == 'dali':
+        pytest.importorskip('nvidia.dali')
+    root = write_folder(tmp_path / 'imgs')
+    base = dict(dataset='imagefolder', data_dir=str(root), loader=loader, batch_size=4, workers=0 if loader == 'torch'
+                else 1)
+    small = create_loaders(DataConfig(**base), input_size=(3, 24, 24))
+    assert 'pad-and-crop' in small.reason
+    images, _ = next(iter(small.train))
+    assert images.shape == (4, 3, 24, 24) and torch.isfinite(images).all()
+    asked = create_loaders(DataConfig(**base, scale=(0.5, 1.0)), input_size=(3, 24, 24))
+    assert 'random-resized crop (area 0.5-1' in asked.reason
+    assert next(iter(asked.train))[0].shape == (4, 3, 24, 24)
+    large = create_loaders(DataConfig(**base), input_size=(3, 72, 72))
+    assert 'random-resized crop (area 0.08-1, ratio 0.75-1.33)' in large.reason
+    with pytest.raises(ConfigError, match='--scale takes two numbers, low then high'):
+        DataConfig(**base, scale=(1.0, 0.5))

@@ -8,6 +8,7 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
+from ..errors import ConfigError
 from ..options import option, validate
 
 __all__ = ['DATASET_NAMES', 'LOADER_KINDS', 'DataConfig', 'DataWarning', 'DatasetInfo', 'EpochLoader', 'Loaders']
@@ -47,6 +48,13 @@ class DataConfig:
     val_samples: int | None = option(None, minimum=1, metavar='N', group='data',
                                      help='validate on a subset of N images (always the same N images)')
     augment: bool = option(True, group='data', help='train-time crop + flip augmentation')
+    scale: tuple[float, ...] | None = option(
+        None, minimum=0, open_min=True, maximum=1, group='data',
+        help="imagefolder: RandomResizedCrop area range, e.g. 0.08 1 (timm's --scale; default by image size: 0.08 1 "
+             "above 64 px, pad-and-crop at 64 px and below)")
+    ratio: tuple[float, ...] | None = option(
+        None, minimum=0, open_min=True, group='data',
+        help="imagefolder: RandomResizedCrop aspect-ratio range (timm's --ratio; default 3/4 4/3)")
     workers: int = option(2, minimum=0, group='data', help='loader worker processes / DALI CPU threads')
     seed: int = option(0, minimum=0, group='run',
                        help='seed of the run: initialisation, training subset, order and augmentation of every epoch')
@@ -63,6 +71,11 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         validate(self)
+        for name in ('scale', 'ratio'):
+            pair = getattr(self, name)
+            if pair is not None and (len(pair) != 2 or pair[0] > pair[1]):
+                raise ConfigError(f'--{name} takes two numbers, low then high (e.g. --{name} '
+                                  f'{"0.08 1" if name == "scale" else "0.75 1.33"}), got {list(pair)}')
 
     @property
     def val_batch_size(self) -> int:

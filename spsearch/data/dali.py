@@ -59,7 +59,8 @@ def dali_version() -> str:
 
 
 def _build_pipeline(files: Sequence[str], labels: Sequence[int], *, shard_id: int, num_shards: int, train: bool,
-                    augment: bool, pad_last: bool, input_size: tuple[int, int, int], mean: Sequence[float],
+                    augment: bool, small: bool, scale: tuple[float, ...], ratio: tuple[float, ...], pad_last: bool,
+                    input_size: tuple[int, int, int], mean: Sequence[float],
                     std: Sequence[float], crop_pct: float, batch_size: int, threads: int, seed: int,
                     device: torch.device) -> Any:
     from nvidia.dali import fn, pipeline_def, types
@@ -76,9 +77,17 @@ def _build_pipeline(files: Sequence[str], labels: Sequence[int], *, shard_id: in
         decode_device = 'mixed' if gpu else 'cpu'
         mirror: Any = 0
         images: Any
-        if train and augment:
+        if train and augment and small:
+            images = fn.decoders.image(encoded, device=decode_device, output_type=output_type)
+            images = fn.resize(images, resize_x=width, resize_y=height, interp_type=types.DALIInterpType.INTERP_LINEAR)
+            pad = max(1, min(height, width) // 8)  # a window shifted by up to pad pixels, zeros outside the image
+            shift = fn.cast(fn.random.uniform(range=[-pad, pad + 1], shape=[2]), dtype=types.DALIDataType.INT32)
+            images = fn.slice(images, fn.cast(shift, dtype=types.DALIDataType.FLOAT), [float(width), float(height)],
+                              axis_names='WH', out_of_bounds_policy='pad', fill_values=0)
+            mirror = fn.random.coin_flip(probability=0.5)
+        elif train and augment:
             images = fn.decoders.image_random_crop(encoded, device=decode_device, output_type=output_type,
-                                                   random_area=[0.08, 1.0], random_aspect_ratio=[3 / 4, 4 / 3],
+                                                   random_area=list(scale), random_aspect_ratio=list(ratio),
                                                    num_attempts=10)
             images = fn.resize(images, resize_x=width, resize_y=height, interp_type=types.DALIInterpType.INTERP_LINEAR)
             mirror = fn.random.coin_flip(probability=0.5)
@@ -106,7 +115,10 @@ class DaliLoader(_EpochLoaderBase):
         std: Normalisation std per channel.
         batch_size: Images per batch for this process.
         train: Training (shuffled, drop-last shards) or validation (contiguous shards, partial last batch).
-        augment: Random-resized crop + flip for training (else resize + centre crop).
+        augment: Training augmentation: random-resized crop (``scale``, ``ratio``) + flip, or with ``small``
+            resize + random crop of the image zero-padded by 1/8 + flip (else resize + centre crop).
+        small: The small-image recipe (``factory.SMALL_IMAGE_MAX``).
+        scale, ratio: RandomResizedCrop area and aspect-ratio ranges.
         seed: Seed of the order and augmentation.
         process_index: This process' index (DALI ``shard_id``).
         num_processes: Processes sharing the data (DALI ``num_shards``).
@@ -118,8 +130,10 @@ class DaliLoader(_EpochLoaderBase):
     def __init__(self, split: FileSplit, *, input_size: tuple[int, int, int], mean: Sequence[float],
                  std: Sequence[float], batch_size: int, train: bool, augment: bool = True, seed: int = 0,
                  process_index: int = 0, num_processes: int = 1, device: torch.device | str = 'cpu',
-                 workers: int = 2, crop_pct: float = 0.875) -> None:
+                 workers: int = 2, crop_pct: float = 0.875, small: bool = False,
+                 scale: tuple[float, ...] = (0.08, 1.0), ratio: tuple[float, ...] = (3 / 4, 4 / 3)) -> None:
         dali_version()
+        self.small, self.scale, self.ratio = small, tuple(scale), tuple(ratio)
         super().__init__(_Schedule(len(split), batch_size, train=train, seed=seed, process_index=process_index,
                                    num_processes=num_processes), torch.device(device))
         self.split, self.input_size, self.mean, self.std = split, input_size, tuple(mean), tuple(std)
@@ -160,7 +174,8 @@ class DaliLoader(_EpochLoaderBase):
         try:
             pipe = _build_pipeline(
                 files, labels, shard_id=s.process_index, num_shards=s.num_processes, train=s.train,
-                augment=self.augment, pad_last=not s.train, input_size=self.input_size, mean=self.mean,
+                augment=self.augment, small=self.small, scale=self.scale, ratio=self.ratio,
+                pad_last=not s.train, input_size=self.input_size, mean=self.mean,
                 std=self.std, crop_pct=self.crop_pct, batch_size=self.batch_size, threads=self.workers,
                 seed=derive_seed(s.seed, s.epoch, s.process_index, AUGMENT) % (2**31 - 1), device=self.device)
             policy = LastBatchPolicy.DROP if s.train else LastBatchPolicy.PARTIAL

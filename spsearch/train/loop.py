@@ -34,7 +34,7 @@ from torch import nn
 
 from .. import models as _models  # noqa: F401  (registers the SP models with timm)
 from ..data import Loaders, create_loaders, dataset_info
-from ..data.factory import DEFAULT_CROP_PCT
+from ..data.factory import DEFAULT_CROP_PCT, small_image_recipe
 from ..data.transforms import resolve_stats
 from ..errors import ConfigError
 from ..io import atomic_write_json, atomic_write_text, atomic_write_yaml, check_output_folder
@@ -596,7 +596,8 @@ class _Run:
             model_args={**self.cfg.model_kwargs, 'num_classes': info.num_classes, 'in_chans': c},
             input_size=self.input_size, mean=resolve_stats(info.mean, c, self.cfg.mean, 'mean'),
             std=resolve_stats(info.std, c, self.cfg.std, 'std'),
-            crop_pct=DEFAULT_CROP_PCT if self.cfg.data.dataset == 'imagefolder' else 1.0)
+            crop_pct=DEFAULT_CROP_PCT if self.cfg.data.dataset == 'imagefolder'
+            and not small_image_recipe(self.cfg.data, self.input_size) else 1.0)
 
     def _save(self, epoch: int, is_best: bool) -> None:
         if self.out is None:
