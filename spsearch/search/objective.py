@@ -112,7 +112,7 @@ class Objective:
                      f'(top1 {result.final_top1:.2f}, loss {result.final_val_loss:.4f}, {result.wall_s:.1f} s)')
             raise optuna.TrialPruned(f'pruned after epoch {result.epochs_run}')
         record.update(trial, status='complete')
-        value = result.final_val_loss if cfg.score.metric == 'val_loss' else result.final_top1
+        value = score_of(result.history[-1], cfg.score)  # the last epoch's, as reported to the pruner
         self.log(f'  trial {trial.number}: {cfg.score.column} {cfg.score.format(value)} (top1 {result.final_top1:.2f}) '
                  f'after {result.epochs_run} epoch(s) ({result.wall_s:.1f} s)')
         if cfg.multi_objective:

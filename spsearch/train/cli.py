@@ -65,8 +65,7 @@ def resolve_config(argv: list[str] | None = None) -> TrainConfig:
 
 def _timm_amp(args: argparse.Namespace, values: dict[str, object]) -> None:
     """timm's ``--amp [--amp-dtype D]`` as ``mixed_precision`` (one of the two spellings, not both)."""
-    amp = args.amp or args.config_values.get('amp')
-    dtype = args.amp_dtype or args.config_values.get('amp_dtype')
+    amp, dtype = args.amp, args.amp_dtype  # -c FILE's amp/amp_dtype are these flags' defaults already
     if not amp:
         if dtype:
             raise CliError('--amp-dtype goes with --amp (or use --mixed-precision fp16|bf16)')
