@@ -29,6 +29,7 @@ from ..errors import DataError
 from .datasets import FileSplit
 from .loaders import _EpochLoaderBase, _Schedule, load_image
 from .sampling import AUGMENT, derive_seed, train_permutation
+from .transforms import crop_pad_for
 
 __all__ = ['DALI_INSTALL', 'DaliLoader', 'dali_available', 'dali_version']
 
@@ -80,10 +81,10 @@ def _build_pipeline(files: Sequence[str], labels: Sequence[int], *, shard_id: in
         if train and augment and small:
             images = fn.decoders.image(encoded, device=decode_device, output_type=output_type)
             images = fn.resize(images, resize_x=width, resize_y=height, interp_type=types.DALIInterpType.INTERP_LINEAR)
-            pad = max(1, min(height, width) // 8)  # a window shifted by up to pad pixels, zeros outside the image
+            pad = crop_pad_for((height, width))  # the in-memory path's: a window shifted by up to pad whole pixels,
             shift = fn.cast(fn.random.uniform(range=[-pad, pad + 1], shape=[2]), dtype=types.DALIDataType.INT32)
             images = fn.slice(images, fn.cast(shift, dtype=types.DALIDataType.FLOAT), [float(width), float(height)],
-                              axis_names='WH', out_of_bounds_policy='pad', fill_values=0)
+                              axis_names='WH', out_of_bounds_policy='pad', fill_values=0)  # zeros outside
             mirror = fn.random.coin_flip(probability=0.5)
         elif train and augment:
             images = fn.decoders.image_random_crop(encoded, device=decode_device, output_type=output_type,

@@ -28,7 +28,7 @@ from .datasets import (
     val_source,
 )
 from .loaders import MemoryLoader, TorchArrayLoader, TorchFileLoader, load_image
-from .transforms import BatchTransform, fits_memory, resolve_stats
+from .transforms import BatchTransform, crop_pad_for, fits_memory, resolve_stats
 
 __all__ = ['DEFAULT_CROP_PCT', 'create_loaders']
 
@@ -127,7 +127,7 @@ def _small_image_transform(size: tuple[int, int, int]) -> Any:
     from torchvision import transforms as T
     height, width = size[1:]
     return T.Compose([T.Resize((height, width), interpolation=T.InterpolationMode.BILINEAR),
-                      T.RandomCrop((height, width), padding=max(1, min(height, width) // 8)),
+                      T.RandomCrop((height, width), padding=crop_pad_for((height, width))),
                       T.RandomHorizontalFlip(), MaybePILToTensor()])
 
 
@@ -199,9 +199,8 @@ def create_loaders(cfg: DataConfig, *, input_size: tuple[int, int, int], device:
     mean_c, std_c = resolve_stats(info.mean, size[0], mean, 'mean'), resolve_stats(info.std, size[0], std, 'std')
     small = small_image_recipe(cfg, size)
     crop = (1.0 if small else DEFAULT_CROP_PCT) if crop_pct is None else float(crop_pct)
-    lo_hi = (cfg.scale or DEFAULT_SCALE), (cfg.ratio or DEFAULT_RATIO)
-    scale: tuple[float, float] = (lo_hi[0][0], lo_hi[0][1])
-    ratio: tuple[float, float] = (lo_hi[1][0], lo_hi[1][1])
+    (scale_lo, scale_hi), (ratio_lo, ratio_hi) = cfg.scale or DEFAULT_SCALE, cfg.ratio or DEFAULT_RATIO
+    scale, ratio = (scale_lo, scale_hi), (ratio_lo, ratio_hi)
     recipe = ('pad-and-crop + flip (small images)' if small else
               f'random-resized crop (area {scale[0]:g}-{scale[1]:g}, ratio {ratio[0]:.2f}-{ratio[1]:.2f}) + flip')
     if not 0 < crop <= 1:

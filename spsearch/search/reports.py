@@ -126,9 +126,8 @@ def _pareto(opened: OpenStudy, trials: list[FrozenTrial], metric: str, label: st
     if not done:
         return None
     score = opened.cfg.score
-    front = [(c, score.goodness(g), t) for c, g, t in pareto_front(
-        [(float(getattr(TrialRecord.of(t), metric)), score.goodness(float(t.values[0])), t) for t in done])]
     points = [(float(getattr(TrialRecord.of(t), metric)), float(t.values[0]), t) for t in done]
+    front = [(c, float(t.values[0]), t) for c, _, t in pareto_front([(c, score.goodness(v), t) for c, v, t in points])]
     out = opened.output
     rows = [{'number': t.number, metric: round(c, 4), score.column: round(a, score.digits),
              'config': opened.space.format(opened.space.from_optuna_params(t.params))} for c, a, t in front]
