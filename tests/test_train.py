@@ -444,3 +444,65 @@ def test_precision_from_accelerate_launch_is_honoured_and_checked():
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match='accelerate launch --mixed_precision .* fp16 needs a CUDA GPU'):
             resolve_precision(cfg, {'ACCELERATE_MIXED_PRECISION': 'fp16'})
+
+
+def test_grad_accumulation_makes_the_same_updates_as_a_batch_twice_as_large(tmp_path, one_thread):
+    """--grad-accum-steps 2 at batch 32 updates a norm-free model as batch 64 does (accelerate's accumulation:
+    the loss divided, the optimizer, cosine schedule and EMA stepped once per update); the step counts follow
+    updates, and an epoch's leftover batches (fewer than a group) are left out."""
+    base = dict(TINY, model='test_vit', model_kwargs={'img_size': 16, 'patch_size': 4}, dataset='synthetic',
+                train_samples=256, val_samples=64, epochs=2, augment=False, precise_bn_batches=0, ema=True,
+                ema_decay=0.9, clip_grad=1.0)
+    one = TrainConfig.from_dict(dict(base, batch_size=64, output=str(tmp_path / 'big')))
+    two = TrainConfig.from_dict(dict(base, batch_size=32, grad_accum_steps=2, output=str(tmp_path / 'accum')))
+    for cfg in (one, two):
+        train(cfg)
+    states = [load_checkpoint(Path(str(cfg.output)) / 'last.pth') for cfg in (one, two)]
+    assert states[0]['num_updates'] == states[1]['num_updates'] == 8  # 2 epochs x 4 updates
+    assert states[0]['scheduler'] == states[1]['scheduler']
+    for key in ('model', 'state_dict_ema'):
+        for name, value in states[0][key].items():
+            torch.testing.assert_close(states[1][key][name], value, rtol=1e-4, atol=1e-5, msg=f'{key} {name}')
+    train(TrainConfig.from_dict(dict(base, batch_size=32, grad_accum_steps=3, epochs=1, output=str(tmp_path / 'c'))))
+    assert load_checkpoint(tmp_path / 'c' / 'last.pth')['num_updates'] == 2  # 8 batches: 2 groups of 3, 2 left out
+    with pytest.raises(ConfigError, match='--grad-accum-steps 9 needs at least 9 training batches per epoch'):
+        train(TrainConfig.from_dict(dict(base, batch_size=32, grad_accum_steps=9, output=None)))
+
+
+def test_checkpoint_history_keeps_the_best_epochs_as_timms_saver_does(tmp_path):
+    """timm's CheckpointSaver rules: keep while fewer than N, else only a strictly better epoch, dropping the
+    worst; model_best when an epoch beats every kept one."""
+    from spsearch.train.checkpoint import CheckpointHistory
+    hist = CheckpointHistory(tmp_path, 2)
+    names = lambda paths: [p.name for p in paths]  # noqa: E731
+    steps = [(hist.update(e, m)) for e, m in ((1, 50.0), (2, 40.0), (3, 40.0), (4, 60.0), (5, 55.0))]
+    assert [(names(w), names(d)) for w, d in steps] == [
+        (['checkpoint-1.pth.tar', 'model_best.pth.tar'], []), (['checkpoint-2.pth.tar'], []), ([], []),
+        (['checkpoint-4.pth.tar', 'model_best.pth.tar'], ['checkpoint-2.pth.tar']),
+        (['checkpoint-5.pth.tar'], ['checkpoint-1.pth.tar'])]
+    assert hist.state() == [[60.0, 'checkpoint-4.pth.tar'], [55.0, 'checkpoint-5.pth.tar']]
+
+
+def test_checkpoint_hist_files_survive_resume_and_load_in_timm(tmp_path, one_thread):
+    """--checkpoint-hist 2: the two best epochs' checkpoints (by the epoch score), model_best.pth.tar = best.pth;
+    a run resumed after epoch 2 ends with the same files as an uninterrupted one; timm's load_checkpoint reads
+    them; last.pth still resumes exactly."""
+    from timm.models import load_checkpoint as timm_load_checkpoint
+    args = dict(TINY, dataset='synthetic', train_samples=128, val_samples=64, batch_size=32, epochs=4,
+                precise_bn_batches=2, checkpoint_hist=2, sched='none')  # the split run's schedule is the same
+    whole = train(TrainConfig.from_dict(dict(args, output=str(tmp_path / 'whole'))))
+    train(TrainConfig.from_dict(dict(args, epochs=2, output=str(tmp_path / 'split'))))
+    train(TrainConfig.from_dict(dict(args, resume=True, output=str(tmp_path / 'split'))))
+    scores = [row['top1'] for row in whole.history]
+    best_two = sorted(range(4), key=lambda e: -scores[e])[:2]  # stable: the earlier epoch wins a tie
+    for run in ('whole', 'split'):
+        files = sorted(p.name for p in (tmp_path / run).glob('*.pth.tar'))
+        assert files == sorted([*(f'checkpoint-{e + 1}.pth.tar' for e in best_two), 'model_best.pth.tar']), run
+        assert (tmp_path / run / 'model_best.pth.tar').read_bytes() == (tmp_path / run / 'best.pth').read_bytes()
+    assert load_checkpoint(tmp_path / 'split' / 'last.pth')['checkpoint_hist'] == load_checkpoint(
+        tmp_path / 'whole' / 'last.pth')['checkpoint_hist']
+    model = timm.create_model('sp_resnet20', num_classes=10)
+    timm_load_checkpoint(model, str(tmp_path / 'whole' / f'checkpoint-{best_two[0] + 1}.pth.tar'))
+    state = load_checkpoint(tmp_path / 'whole' / f'checkpoint-{best_two[0] + 1}.pth.tar')
+    assert state['epoch'] == best_two[0] + 1 and state['metric'] == max(scores)
+    assert all(torch.equal(v, state['model'][k]) for k, v in model.state_dict().items())
