@@ -506,3 +506,39 @@ def test_checkpoint_hist_files_survive_resume_and_load_in_timm(tmp_path, one_thr
     state = load_checkpoint(tmp_path / 'whole' / f'checkpoint-{best_two[0] + 1}.pth.tar')
     assert state['epoch'] == best_two[0] + 1 and state['metric'] == max(scores)
     assert all(torch.equal(v, state['model'][k]) for k, v in model.state_dict().items())
+
+
+def test_pretrained_path_fine_tunes_from_a_file_with_timms_head_adaptation(tmp_path, one_thread, monkeypatch):
+    """--pretrained-path FILE is timm's pretrained_cfg_overlay=dict(file=FILE, num_classes=-1): the body starts from
+    the file, the classifier is re-initialised (here 12 classes: --num-classes wider than the data only with such
+    weights). Registered weights that cannot be fetched, a model without any, a missing file and a head that does
+    not fit the data are one line each, before anything is written."""
+    import huggingface_hub.constants
+
+    from spsearch.train.loop import build_model
+    first = train(TrainConfig.from_dict(dict(TINY, dataset='synthetic', train_samples=64, val_samples=32, epochs=1,
+                                             output=str(tmp_path / 'a'))))
+    weights = safetensors.torch.load_file(str(first.weights))
+    args = dict(TINY, dataset='synthetic', train_samples=64, val_samples=32, epochs=1, lr=1e-12, weight_decay=0.0,
+                opt='momentum', momentum=0.0, precise_bn_batches=0)
+    cfg = train_cli.resolve_config([*cli_args(args), '--pretrained-path', str(first.weights), '--num-classes', '12',
+                                    '--output', str(tmp_path / 'b')])
+    assert cfg.pretrained and cfg.num_classes == 12
+    tuned = train(cfg)
+    after = safetensors.torch.load_file(str(tuned.weights))
+    assert after['fc.weight'].shape == (12, weights['fc.weight'].shape[1])
+    for k, v in weights.items():
+        if not k.startswith('fc.') and 'running' not in k and 'num_batches' not in k:
+            torch.testing.assert_close(after[k], v, msg=k)
+    assert json.loads((tmp_path / 'b' / 'config.json').read_text())['num_classes'] == 12
+    monkeypatch.setattr(huggingface_hub.constants, 'HF_HUB_OFFLINE', True)  # as without a network, at once
+    with pytest.raises(ConfigError, match=r'cannot fetch the pretrained weights of resnet18 from '
+                                          r'hf-hub:timm/resnet18\.\S+ \(no network.*pass --pretrained-path FILE'):
+        build_model(TrainConfig.from_dict(dict(model='resnet18', output=None)), 10, pretrained=True)
+    for extra, message in (({'pretrained': True}, 'sp_resnet20 .tag untrained. has no registered pretrained weights'),
+                           ({'pretrained_path': str(tmp_path / 'nope.safetensors')}, 'nope.safetensors does not exist'),
+                           ({'num_classes': 12}, 'num-classes 12 but synthetic has 10 classes; leave it out'),
+                           ({'num_classes': 4, 'pretrained': True}, 'fewer than the 10 classes')):
+        with pytest.raises(ConfigError, match=message):
+            train(TrainConfig.from_dict({**args, **extra, 'output': str(tmp_path / 'c')}))
+        assert not (tmp_path / 'c').exists()

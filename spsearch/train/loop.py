@@ -184,6 +184,19 @@ def _pretrained_source(cfg: TrainConfig) -> str:
     return str(source)
 
 
+@contextlib.contextmanager
+def _quiet_hub() -> Iterator[None]:
+    """Hold back huggingface_hub's warnings (a line per retried request without a network): the failure is one line."""
+    import logging
+    logger = logging.getLogger('huggingface_hub')
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def build_model(cfg: TrainConfig, num_classes: int, *, pretrained: bool = False) -> nn.Module:
     """``timm.create_model`` for ``cfg`` (SP models registered), with a ``num_classes`` head.
 
@@ -211,12 +224,15 @@ def build_model(cfg: TrainConfig, num_classes: int, *, pretrained: bool = False)
             kwargs['pretrained_cfg_overlay'] = {**kwargs.get('pretrained_cfg_overlay', {}),
                                                 'file': cfg.pretrained_path, 'num_classes': -1}
     try:
-        return timm.create_model(cfg.model, **kwargs)
-    except (ValueError, TypeError, KeyError) as e:
-        raise ConfigError(f'cannot build {cfg.model} with {cfg.model_kwargs}: {e}') from None
-    except (OSError, RuntimeError) as e:
-        if not pretrained:
-            raise
+        with _quiet_hub():
+            return timm.create_model(cfg.model, **kwargs)
+    except (ValueError, TypeError, KeyError, OSError, RuntimeError) as e:
+        if not pretrained or isinstance(e, TypeError):
+            if isinstance(e, (OSError, RuntimeError)):
+                raise
+            raise ConfigError(f'cannot build {cfg.model} with {cfg.model_kwargs}: {e}') from None
+        with torch.device('meta'):  # the weights failed, not the model: say which
+            build_model(cfg, num_classes)
         first = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)[:200]
         if cfg.pretrained_path:
             raise ConfigError(f'--pretrained-path {source} does not fit {cfg.model} {cfg.model_kwargs} '
