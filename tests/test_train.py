@@ -6,6 +6,7 @@ import csv
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -542,3 +543,58 @@ def test_pretrained_path_fine_tunes_from_a_file_with_timms_head_adaptation(tmp_p
         with pytest.raises(ConfigError, match=message):
             train(TrainConfig.from_dict({**args, **extra, 'output': str(tmp_path / 'c')}))
         assert not (tmp_path / 'c').exists()
+
+
+def test_timm_args_yaml_runs_with_timms_meaning(tmp_path, capsys, monkeypatch):
+    """An args.yaml as timm's train.py writes it (tests/golden/timm_args.yaml: every option at timm's default):
+    the options we implement take effect under timm's keys and values (smoothing, epochs, lr from lr_base and the
+    global batch, dataset '' = ImageFolder, output '' = the default folder, ...); timm's options we lack are ignored
+    at their defaults with one note line, refused with one error line (exit 2) when set; our own args.yaml still
+    round-trips without a note."""
+    monkeypatch.delenv('WORLD_SIZE', raising=False)
+    timm_yaml = yaml.safe_load((ROOT / 'tests' / 'golden' / 'timm_args.yaml').read_text())
+    path = tmp_path / 'args.yaml'
+    path.write_text(yaml.safe_dump(timm_yaml, default_flow_style=False))
+    cfg = train_cli.resolve_config(['-c', str(path)])
+    note = capsys.readouterr().err.strip().splitlines()
+    assert len(note) == 1 and note[0].startswith(f'note: {path} holds timm option(s) not implemented here')
+    assert all(k in note[0] for k in ('clip_mode', 'hflip', 'color_jitter', 'sched_on_updates', 'val_split'))
+    assert (cfg.model, cfg.data.dataset, cfg.data.data_dir, cfg.epochs, cfg.label_smoothing, cfg.weight_decay) == (
+        'resnet50', 'imagefolder', None, 300, 0.1, 2e-5)
+    assert (cfg.lr, cfg.warmup_epochs, cfg.decay_milestones, cfg.data.seed, cfg.data.workers) == (
+        0.05, 5, (90, 180, 270), 42, 4)  # lr: 0.1 x 128 / 256, timm's linear scaling
+    assert (cfg.ema, cfg.ema_decay, cfg.compile, cfg.mixed_precision, cfg.checkpoint_hist, cfg.grad_accum_steps) == (
+        False, 0.9998, False, 'no', 10, 1)
+    assert (cfg.checkpoint, cfg.resume, cfg.pretrained, cfg.data.scale, cfg.data.augment) == (
+        None, None, False, None, True)
+    assert cfg.output is not None and cfg.output.startswith('runs/train/imagefolder-resnet50-')
+
+    run = {**timm_yaml, 'data': str(tmp_path / 'imgs'), 'model': 'sp_resnet20', 'lr': None, 'lr_base': 0.2,
+           'opt': 'lamb', 'batch_size': 64, 'grad_accum_steps': 2, 'amp': True, 'amp_dtype': 'bfloat16',
+           'aa': 'rand-m9-mstd0.5-inc1', 'smoothing': 0.2, 'model_ema': True, 'checkpoint_hist': 3,
+           'pretrained_path': 'w.safetensors', 'num_classes': 5, 'torchcompile': 'inductor', 'scale': [0.5, 1.0],
+           'no_aug': False, 'output': str(tmp_path / 'out'), 'validation_batch_size': 32}
+    path.write_text(yaml.safe_dump(run, default_flow_style=False))
+    cfg = train_cli.resolve_config(['-c', str(path), '--epochs', '2'])
+    assert (cfg.data.data_dir, cfg.lr, cfg.data.batch_size, cfg.grad_accum_steps) == (
+        str(tmp_path / 'imgs'), pytest.approx(0.2 * (128 / 256) ** 0.5), 64, 2)  # lamb: sqrt scaling
+    assert (cfg.mixed_precision, cfg.data.aa, cfg.label_smoothing, cfg.ema, cfg.checkpoint_hist, cfg.epochs) == (
+        'bf16', 'rand-m9-mstd0.5-inc1', 0.2, True, 3, 2)
+    assert (cfg.pretrained, cfg.pretrained_path, cfg.num_classes, cfg.compile, cfg.data.scale) == (
+        True, 'w.safetensors', 5, True, (0.5, 1.0))
+    assert (cfg.output, cfg.data.eval_batch_size) == (str(tmp_path / 'out'), 32)
+    capsys.readouterr()
+
+    for changes, message in (({'clip_mode': 'agc', 'hflip': 0.0}, "clip_mode: 'agc' .timm default 'norm'.; hflip"),
+                             ({'val_split': 'val'}, "val_split: 'val'"),
+                             ({'dataset': 'hfds/beans'}, "timm data set 'hfds/beans' is not read here"),
+                             ({'torchcompile': 'eager'}, "torchcompile 'eager'")):
+        path.write_text(yaml.safe_dump({**timm_yaml, **changes}, default_flow_style=False))
+        code, out, err = run_main(['-c', str(path)], capsys)
+        assert code == 2 and err.count('\n') == 1 and err.startswith('error: ') and re.search(message, err), err
+
+    ours = tmp_path / 'ours.yaml'
+    ours.write_text(yaml.safe_dump(TrainConfig.from_dict(dict(TINY, output=None, checkpoint_hist=2)).to_dict()))
+    assert train_cli.resolve_config(['-c', str(ours)]) == TrainConfig.from_dict(dict(TINY, output=None,
+                                                                                     checkpoint_hist=2))
+    assert capsys.readouterr().err == ''
