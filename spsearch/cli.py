@@ -88,11 +88,20 @@ def load_yaml_config(path: str | Path) -> dict[str, Any]:
     return {str(k).replace('-', '_'): v for k, v in data.items()}
 
 
-def parse_with_config(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> argparse.Namespace:
+def parse_with_config(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None, *,
+                      translate: Callable[[dict[str, Any], str], tuple[dict[str, Any], list[str]]] | None = None,
+                      ) -> argparse.Namespace:
     """timm-style parsing: ``-c/--config FILE`` sets the parser's defaults, flags override them.
 
     The mapping read from the file is kept on the result as ``config_values`` (empty without
     ``-c``), so a caller can merge values that flags extend rather than replace (``--model-kwargs``).
+
+    Args:
+        parser: The command's parser.
+        argv: The arguments (default ``sys.argv[1:]``).
+        translate: ``translate(mapping, file) -> (mapping, ignored keys)`` applied to the file first (train.py:
+            timm's ``args.yaml`` keys, ``spsearch.train.timm_args.from_timm``); the ignored keys are kept on the
+            result as ``config_ignored``.
 
     Raises:
         CliError: On a config key that is not an option of ``parser`` (``-c``, ``--help`` and positional
@@ -102,8 +111,11 @@ def parse_with_config(parser: argparse.ArgumentParser, argv: Sequence[str] | Non
     pre.add_argument('-c', '--config', default=None)
     known, _ = pre.parse_known_args(argv)
     config: dict[str, Any] = {}
+    ignored: list[str] = []
     if known.config:
         config = load_yaml_config(known.config)
+        if translate is not None:
+            config, ignored = translate(config, known.config)
         # a flag's other long spellings are keys too (timm's args.yaml: smoothing, model_ema, torchcompile, ...)
         spelled = {o[2:].replace('-', '_'): a.dest for a in parser._actions for o in a.option_strings
                    if o.startswith('--') and not o.startswith('--no-')}
@@ -116,6 +128,7 @@ def parse_with_config(parser: argparse.ArgumentParser, argv: Sequence[str] | Non
         parser.set_defaults(**config)
     args = parser.parse_args(argv)
     args.config_values = config
+    args.config_ignored = ignored
     return args
 
 

@@ -2,6 +2,7 @@
 the memory/torch/DALI loaders (sharding, determinism, geometry), and every bad input."""
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import os
 import pickle
@@ -463,6 +464,41 @@ def test_torch_file_loader_is_deterministic_across_workers(tmp_path):
         assert torch.equal(state, torch.random.get_rng_state())
     assert same(results[0][0], results[1][0]) and same(results[0][1], results[1][1])
     assert not same(results[0][0], results[0][1])
+
+
+
+@pytest.mark.parametrize('size', [16, 72])
+def test_auto_augment_runs_timms_policy_in_the_torch_loader(tmp_path, monkeypatch, size):
+    """--aa adds timm's auto-augment (as create_transform builds it) to the torch loader's training transform, at
+    small sizes (pad-and-crop recipe) and large ones (random-resized crop); auto picks torch over DALI for it;
+    batches stay a function of (seed, epoch)."""
+    import spsearch.data.factory as factory
+    root = write_folder(tmp_path / 'imgs')
+    monkeypatch.setattr(factory, 'dali_available', lambda: True)
+    cfg = DataConfig('imagefolder', data_dir=str(root), batch_size=6, workers=0, seed=1, aa='rand-m9-mstd0.5-inc1')
+    loaders = create_loaders(cfg, input_size=(3, size, size))
+    assert loaders.kind == 'torch' and '--aa rand-m9-mstd0.5-inc1' in loaders.reason
+    assert 'auto-augment rand-m9-mstd0.5-inc1' in loaders.reason
+    assert 'RandAugment' in repr(loaders.train.loader.dataset.transform)
+    assert 'RandAugment' not in repr(loaders.val.loader.dataset.transform)
+    first, again = batches(loaders.train, 1), batches(create_loaders(cfg, input_size=(3, size, size)).train, 1)
+    assert same(first, again)
+    plain = batches(create_loaders(dataclasses.replace(cfg, aa=None), input_size=(3, size, size)).train, 1)
+    assert not same(first, plain)
+    augmix = create_loaders(dataclasses.replace(cfg, aa='augmix-m5-w4-d2'), input_size=(3, size, size))
+    assert 'AugMixAugment' in repr(augmix.train.loader.dataset.transform) and len(batches(augmix.train, 0)) == 3
+
+
+@pytest.mark.parametrize('kwargs, message', [
+    (dict(dataset='fashion-mnist'), 'needs PIL images'),
+    (dict(dataset='imagefolder', loader='dali'), 'use --loader torch'),
+    (dict(dataset='imagefolder', loader='memory'), 'use --loader torch'),
+    (dict(dataset='imagefolder', augment=False), 'which --no-augment turns off'),
+    (dict(dataset='imagefolder', aa='bogus'), "'bogus' is not a timm auto-augment policy"),
+])
+def test_auto_augment_where_it_cannot_run_is_one_line(kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        DataConfig(**{'aa': 'rand-m9-mstd0.5-inc1', **kwargs})
 
 
 def test_train_shards_are_disjoint_and_equal():

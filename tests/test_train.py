@@ -6,6 +6,7 @@ import csv
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -444,3 +445,156 @@ def test_precision_from_accelerate_launch_is_honoured_and_checked():
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match='accelerate launch --mixed_precision .* fp16 needs a CUDA GPU'):
             resolve_precision(cfg, {'ACCELERATE_MIXED_PRECISION': 'fp16'})
+
+
+def test_grad_accumulation_makes_the_same_updates_as_a_batch_twice_as_large(tmp_path, one_thread):
+    """--grad-accum-steps 2 at batch 32 updates a norm-free model as batch 64 does (accelerate's accumulation:
+    the loss divided, the optimizer, cosine schedule and EMA stepped once per update); the step counts follow
+    updates, and an epoch's leftover batches (fewer than a group) are left out."""
+    base = dict(TINY, model='test_vit', model_kwargs={'img_size': 16, 'patch_size': 4}, dataset='synthetic',
+                train_samples=256, val_samples=64, epochs=2, augment=False, precise_bn_batches=0, ema=True,
+                ema_decay=0.9, clip_grad=1.0)
+    one = TrainConfig.from_dict(dict(base, batch_size=64, output=str(tmp_path / 'big')))
+    two = TrainConfig.from_dict(dict(base, batch_size=32, grad_accum_steps=2, output=str(tmp_path / 'accum')))
+    for cfg in (one, two):
+        train(cfg)
+    states = [load_checkpoint(Path(str(cfg.output)) / 'last.pth') for cfg in (one, two)]
+    assert states[0]['num_updates'] == states[1]['num_updates'] == 8  # 2 epochs x 4 updates
+    assert states[0]['scheduler'] == states[1]['scheduler']
+    for key in ('model', 'state_dict_ema'):
+        for name, value in states[0][key].items():
+            torch.testing.assert_close(states[1][key][name], value, rtol=1e-4, atol=1e-5, msg=f'{key} {name}')
+    train(TrainConfig.from_dict(dict(base, batch_size=32, grad_accum_steps=3, epochs=1, output=str(tmp_path / 'c'))))
+    assert load_checkpoint(tmp_path / 'c' / 'last.pth')['num_updates'] == 2  # 8 batches: 2 groups of 3, 2 left out
+    with pytest.raises(ConfigError, match='--grad-accum-steps 9 needs at least 9 training batches per epoch'):
+        train(TrainConfig.from_dict(dict(base, batch_size=32, grad_accum_steps=9, output=None)))
+
+
+def test_checkpoint_history_keeps_the_best_epochs_as_timms_saver_does(tmp_path):
+    """timm's CheckpointSaver rules: keep while fewer than N, else only a strictly better epoch, dropping the
+    worst; model_best when an epoch beats every kept one."""
+    from spsearch.train.checkpoint import CheckpointHistory
+    hist = CheckpointHistory(tmp_path, 2)
+    names = lambda paths: [p.name for p in paths]  # noqa: E731
+    steps = [(hist.update(e, m)) for e, m in ((1, 50.0), (2, 40.0), (3, 40.0), (4, 60.0), (5, 55.0))]
+    assert [(names(w), names(d)) for w, d in steps] == [
+        (['checkpoint-1.pth.tar', 'model_best.pth.tar'], []), (['checkpoint-2.pth.tar'], []), ([], []),
+        (['checkpoint-4.pth.tar', 'model_best.pth.tar'], ['checkpoint-2.pth.tar']),
+        (['checkpoint-5.pth.tar'], ['checkpoint-1.pth.tar'])]
+    assert hist.state() == [[60.0, 'checkpoint-4.pth.tar'], [55.0, 'checkpoint-5.pth.tar']]
+
+
+def test_checkpoint_hist_files_survive_resume_and_load_in_timm(tmp_path, one_thread):
+    """--checkpoint-hist 2: the two best epochs' checkpoints (by the epoch score), model_best.pth.tar = best.pth;
+    a run resumed after epoch 2 ends with the same files as an uninterrupted one; timm's load_checkpoint reads
+    them; last.pth still resumes exactly."""
+    from timm.models import load_checkpoint as timm_load_checkpoint
+    args = dict(TINY, dataset='synthetic', train_samples=128, val_samples=64, batch_size=32, epochs=4,
+                precise_bn_batches=2, checkpoint_hist=2, sched='none')  # the split run's schedule is the same
+    whole = train(TrainConfig.from_dict(dict(args, output=str(tmp_path / 'whole'))))
+    train(TrainConfig.from_dict(dict(args, epochs=2, output=str(tmp_path / 'split'))))
+    train(TrainConfig.from_dict(dict(args, resume=True, output=str(tmp_path / 'split'))))
+    scores = [row['top1'] for row in whole.history]
+    best_two = sorted(range(4), key=lambda e: -scores[e])[:2]  # stable: the earlier epoch wins a tie
+    for run in ('whole', 'split'):
+        files = sorted(p.name for p in (tmp_path / run).glob('*.pth.tar'))
+        assert files == sorted([*(f'checkpoint-{e + 1}.pth.tar' for e in best_two), 'model_best.pth.tar']), run
+        assert (tmp_path / run / 'model_best.pth.tar').read_bytes() == (tmp_path / run / 'best.pth').read_bytes()
+    assert load_checkpoint(tmp_path / 'split' / 'last.pth')['checkpoint_hist'] == load_checkpoint(
+        tmp_path / 'whole' / 'last.pth')['checkpoint_hist']
+    model = timm.create_model('sp_resnet20', num_classes=10)
+    timm_load_checkpoint(model, str(tmp_path / 'whole' / f'checkpoint-{best_two[0] + 1}.pth.tar'))
+    state = load_checkpoint(tmp_path / 'whole' / f'checkpoint-{best_two[0] + 1}.pth.tar')
+    assert state['epoch'] == best_two[0] + 1 and state['metric'] == max(scores)
+    assert all(torch.equal(v, state['model'][k]) for k, v in model.state_dict().items())
+
+
+def test_pretrained_path_fine_tunes_from_a_file_with_timms_head_adaptation(tmp_path, one_thread, monkeypatch):
+    """--pretrained-path FILE is timm's pretrained_cfg_overlay=dict(file=FILE, num_classes=-1): the body starts from
+    the file, the classifier is re-initialised (here 12 classes: --num-classes wider than the data only with such
+    weights). Registered weights that cannot be fetched, a model without any, a missing file and a head that does
+    not fit the data are one line each, before anything is written."""
+    import huggingface_hub.constants
+
+    from spsearch.train.loop import build_model
+    first = train(TrainConfig.from_dict(dict(TINY, dataset='synthetic', train_samples=64, val_samples=32, epochs=1,
+                                             output=str(tmp_path / 'a'))))
+    weights = safetensors.torch.load_file(str(first.weights))
+    args = dict(TINY, dataset='synthetic', train_samples=64, val_samples=32, epochs=1, lr=1e-12, weight_decay=0.0,
+                opt='momentum', momentum=0.0, precise_bn_batches=0)
+    cfg = train_cli.resolve_config([*cli_args(args), '--pretrained-path', str(first.weights), '--num-classes', '12',
+                                    '--output', str(tmp_path / 'b')])
+    assert cfg.pretrained and cfg.num_classes == 12
+    tuned = train(cfg)
+    after = safetensors.torch.load_file(str(tuned.weights))
+    assert after['fc.weight'].shape == (12, weights['fc.weight'].shape[1])
+    for k, v in weights.items():
+        if not k.startswith('fc.') and 'running' not in k and 'num_batches' not in k:
+            torch.testing.assert_close(after[k], v, msg=k)
+    assert json.loads((tmp_path / 'b' / 'config.json').read_text())['num_classes'] == 12
+    monkeypatch.setattr(huggingface_hub.constants, 'HF_HUB_OFFLINE', True)  # as without a network, at once
+    with pytest.raises(ConfigError, match=r'cannot fetch the pretrained weights of resnet18 from '
+                                          r'hf-hub:timm/resnet18\.\S+ \(no network.*pass --pretrained-path FILE'):
+        build_model(TrainConfig.from_dict(dict(model='resnet18', output=None)), 10, pretrained=True)
+    for extra, message in (({'pretrained': True}, 'sp_resnet20 .tag untrained. has no registered pretrained weights'),
+                           ({'pretrained_path': str(tmp_path / 'nope.safetensors')}, 'nope.safetensors does not exist'),
+                           ({'num_classes': 12}, 'num-classes 12 but synthetic has 10 classes; leave it out'),
+                           ({'num_classes': 4, 'pretrained': True}, 'fewer than the 10 classes')):
+        with pytest.raises(ConfigError, match=message):
+            train(TrainConfig.from_dict({**args, **extra, 'output': str(tmp_path / 'c')}))
+        assert not (tmp_path / 'c').exists()
+
+
+def test_timm_args_yaml_runs_with_timms_meaning(tmp_path, capsys, monkeypatch):
+    """An args.yaml as timm's train.py writes it (tests/golden/timm_args.yaml: every option at timm's default):
+    the options we implement take effect under timm's keys and values (smoothing, epochs, lr from lr_base and the
+    global batch, dataset '' = ImageFolder, output '' = the default folder, ...); timm's options we lack are ignored
+    at their defaults with one note line, refused with one error line (exit 2) when set; our own args.yaml still
+    round-trips without a note."""
+    monkeypatch.delenv('WORLD_SIZE', raising=False)
+    timm_yaml = yaml.safe_load((ROOT / 'tests' / 'golden' / 'timm_args.yaml').read_text())
+    path = tmp_path / 'args.yaml'
+    path.write_text(yaml.safe_dump(timm_yaml, default_flow_style=False))
+    cfg = train_cli.resolve_config(['-c', str(path)])
+    note = capsys.readouterr().err.strip().splitlines()
+    assert len(note) == 1 and note[0].startswith(f'note: {path} holds timm option(s) not implemented here')
+    assert all(k in note[0] for k in ('clip_mode', 'hflip', 'color_jitter', 'sched_on_updates', 'val_split'))
+    assert (cfg.model, cfg.data.dataset, cfg.data.data_dir, cfg.epochs, cfg.label_smoothing, cfg.weight_decay) == (
+        'resnet50', 'imagefolder', None, 300, 0.1, 2e-5)
+    assert (cfg.lr, cfg.warmup_epochs, cfg.decay_milestones, cfg.data.seed, cfg.data.workers) == (
+        0.05, 5, (90, 180, 270), 42, 4)  # lr: 0.1 x 128 / 256, timm's linear scaling
+    assert (cfg.ema, cfg.ema_decay, cfg.compile, cfg.mixed_precision, cfg.checkpoint_hist, cfg.grad_accum_steps) == (
+        False, 0.9998, False, 'no', 10, 1)
+    assert (cfg.checkpoint, cfg.resume, cfg.pretrained, cfg.data.scale, cfg.data.augment) == (
+        None, None, False, None, True)
+    assert cfg.output is not None and cfg.output.startswith('runs/train/imagefolder-resnet50-')
+
+    run = {**timm_yaml, 'data': str(tmp_path / 'imgs'), 'model': 'sp_resnet20', 'lr': None, 'lr_base': 0.2,
+           'opt': 'lamb', 'batch_size': 64, 'grad_accum_steps': 2, 'amp': True, 'amp_dtype': 'bfloat16',
+           'aa': 'rand-m9-mstd0.5-inc1', 'smoothing': 0.2, 'model_ema': True, 'checkpoint_hist': 3,
+           'pretrained_path': 'w.safetensors', 'num_classes': 5, 'torchcompile': 'inductor', 'scale': [0.5, 1.0],
+           'no_aug': False, 'output': str(tmp_path / 'out'), 'validation_batch_size': 32}
+    path.write_text(yaml.safe_dump(run, default_flow_style=False))
+    cfg = train_cli.resolve_config(['-c', str(path), '--epochs', '2'])
+    assert (cfg.data.data_dir, cfg.lr, cfg.data.batch_size, cfg.grad_accum_steps) == (
+        str(tmp_path / 'imgs'), pytest.approx(0.2 * (128 / 256) ** 0.5), 64, 2)  # lamb: sqrt scaling
+    assert (cfg.mixed_precision, cfg.data.aa, cfg.label_smoothing, cfg.ema, cfg.checkpoint_hist, cfg.epochs) == (
+        'bf16', 'rand-m9-mstd0.5-inc1', 0.2, True, 3, 2)
+    assert (cfg.pretrained, cfg.pretrained_path, cfg.num_classes, cfg.compile, cfg.data.scale) == (
+        True, 'w.safetensors', 5, True, (0.5, 1.0))
+    assert (cfg.output, cfg.data.eval_batch_size) == (str(tmp_path / 'out'), 32)
+    capsys.readouterr()
+
+    for changes, message in (({'clip_mode': 'agc', 'hflip': 0.0}, "clip_mode: 'agc' .timm default 'norm'.; hflip"),
+                             ({'val_split': 'val'}, "val_split: 'val'"),
+                             ({'dataset': 'hfds/beans'}, "timm data set 'hfds/beans' is not read here"),
+                             ({'torchcompile': 'eager'}, "torchcompile 'eager'")):
+        path.write_text(yaml.safe_dump({**timm_yaml, **changes}, default_flow_style=False))
+        code, out, err = run_main(['-c', str(path)], capsys)
+        assert code == 2 and err.count('\n') == 1 and err.startswith('error: ') and re.search(message, err), err
+
+    ours = tmp_path / 'ours.yaml'
+    ours.write_text(yaml.safe_dump(TrainConfig.from_dict(dict(TINY, output=None, checkpoint_hist=2)).to_dict()))
+    assert train_cli.resolve_config(['-c', str(ours)]) == TrainConfig.from_dict(dict(TINY, output=None,
+                                                                                     checkpoint_hist=2))
+    assert capsys.readouterr().err == ''

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 
 from ..errors import ConfigError
 from ..options import option, validate
 
-__all__ = ['DATASET_NAMES', 'LOADER_KINDS', 'DataConfig', 'DataWarning', 'DatasetInfo', 'EpochLoader', 'Loaders']
+__all__ = ['DATASET_NAMES', 'LOADER_KINDS', 'DataConfig', 'DataWarning', 'DatasetInfo', 'EpochLoader', 'Loaders',
+           'auto_augment_transform']
 
 DATASET_NAMES = ('fashion-mnist', 'cifar10', 'cifar100', 'imagefolder', 'synthetic')
 LOADER_KINDS = ('auto', 'dali', 'torch', 'memory')
@@ -42,6 +43,7 @@ class DataConfig:
     batch_size: int = option(128, minimum=1, group='optimisation', aliases=('-b',),
                              help='training batch size per process (the global batch is this times the processes)')
     eval_batch_size: int | None = option(None, minimum=1, group='optimisation',
+                                         aliases=('-vb', '--validation-batch-size'),
                                          help='validation batch size per process (default 2 x batch size)')
     train_samples: int | None = option(None, minimum=1, metavar='N', group='data',
                                        help='train on a seeded subset of N images (synthetic: N images generated)')
@@ -55,6 +57,10 @@ class DataConfig:
     ratio: tuple[float, ...] | None = option(
         None, minimum=0, open_min=True, group='data',
         help="imagefolder: RandomResizedCrop aspect-ratio range (timm's --ratio; default 3/4 4/3)")
+    aa: str | None = option(
+        None, group='data', metavar='POLICY',
+        help="timm auto-augment policy for training images, e.g. rand-m9-mstd0.5-inc1, augmix-m5-w4-d2, "
+             "v0 (timm's --aa, built as timm's create_transform builds it; imagefolder with the torch loader)")
     workers: int = option(2, minimum=0, group='data', help='loader worker processes / DALI CPU threads')
     seed: int = option(0, minimum=0, group='run',
                        help='seed of the run: initialisation, training subset, order and augmentation of every epoch')
@@ -76,11 +82,51 @@ class DataConfig:
             if pair is not None and (len(pair) != 2 or pair[0] > pair[1]):
                 raise ConfigError(f'--{name} takes two numbers, low then high (e.g. --{name} '
                                   f'{"0.08 1" if name == "scale" else "0.75 1.33"}), got {list(pair)}')
+        if self.aa:
+            self._check_auto_augment(self.aa)
+
+    def _check_auto_augment(self, aa: str) -> None:
+        """``--aa`` runs timm's PIL transforms on decoded files: only the torch loader of an ImageFolder has them."""
+        if not self.augment:
+            raise ConfigError(f'--aa {self.aa} is training augmentation, which --no-augment turns off; drop one')
+        if self.dataset != 'imagefolder':
+            raise ConfigError(f'--aa {self.aa} needs PIL images (dataset imagefolder, --loader torch); {self.dataset} '
+                              'is augmented as uint8 tensors on the device, where timm\'s auto-augment cannot run: '
+                              'drop --aa, or save the images as an ImageFolder')
+        if self.loader in ('dali', 'memory'):
+            raise ConfigError(f'--aa {self.aa} runs timm\'s PIL transforms in the torch loader\'s workers; the '
+                              f'{self.loader} loader augments on the device without them: use --loader torch '
+                              '(or auto) or drop --aa')
+        auto_augment_transform(aa, (3, 32, 32))  # a bad policy string is one line now, not in a worker
 
     @property
     def val_batch_size(self) -> int:
         """The validation batch size per process."""
         return self.eval_batch_size or 2 * self.batch_size
+
+
+def auto_augment_transform(policy: str, input_size: tuple[int, int, int],
+                           mean: tuple[float, ...] = (0.5, 0.5, 0.5)) -> Any:
+    """timm's auto-augment transform (PIL -> PIL) for ``policy``, as ``timm.data.create_transform`` builds it.
+
+    Args:
+        policy: timm's ``--aa`` string: ``rand-...`` (RandAugment), ``augmix-...``, or an AutoAugment policy
+            (``v0``, ``original``, ``3a``, ...).
+        input_size: ``(C, H, W)`` of the training images (geometric operations translate by 0.45 of the
+            shorter side, as in timm).
+        mean: Fill colour of the geometric operations, per channel in [0, 1].
+
+    Raises:
+        ConfigError: On a string timm does not read as a policy, naming examples.
+    """
+    from timm.data import create_transform
+    try:
+        _, secondary, _ = create_transform(input_size, is_training=True, auto_augment=policy, mean=mean,
+                                           interpolation='bilinear', separate=True)
+    except Exception as e:  # timm asserts or raises KeyError/ValueError on a bad string
+        raise ConfigError(f'--aa {policy!r} is not a timm auto-augment policy ({type(e).__name__}: {e}); e.g. '
+                          'rand-m9-mstd0.5-inc1, augmix-m5-w4-d2, v0, original (timm 1.0.31 has no trivial)') from None
+    return secondary.transforms[0]
 
 
 @dataclass(frozen=True)

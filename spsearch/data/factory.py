@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from ..errors import ConfigError, DataError
-from .config import DataConfig, DatasetInfo, DataWarning, EpochLoader, Loaders
+from .config import DataConfig, DatasetInfo, DataWarning, EpochLoader, Loaders, auto_augment_transform
 from .dali import DALI_INSTALL, DaliLoader, dali_available, dali_version
 from .datasets import (
     DATASETS,
@@ -121,14 +121,16 @@ def _memory_or_torch(cfg: DataConfig, nbytes: int, device: torch.device, name: s
                      f'{cfg.workers} worker(s) gathers batches, transformed on {device} ({describe})')
 
 
-def _small_image_transform(size: tuple[int, int, int]) -> Any:
-    """PIL -> uint8 tensor: resize to ``size``, random crop of the image zero-padded by 1/8, flip."""
+def _small_image_transform(size: tuple[int, int, int], auto_augment: Any = None) -> Any:
+    """PIL -> uint8 tensor: resize to ``size``, random crop of the image zero-padded by 1/8, flip, then
+    ``auto_augment`` (a PIL transform) where given, after the geometry as in timm's ``create_transform``."""
     from timm.data.transforms import MaybePILToTensor
     from torchvision import transforms as T
     height, width = size[1:]
     return T.Compose([T.Resize((height, width), interpolation=T.InterpolationMode.BILINEAR),
                       T.RandomCrop((height, width), padding=crop_pad_for((height, width))),
-                      T.RandomHorizontalFlip(), MaybePILToTensor()])
+                      T.RandomHorizontalFlip(), *([auto_augment] if auto_augment is not None else []),
+                      MaybePILToTensor()])
 
 
 def create_loaders(cfg: DataConfig, *, input_size: tuple[int, int, int], device: torch.device | str = 'cpu',
@@ -205,9 +207,11 @@ def create_loaders(cfg: DataConfig, *, input_size: tuple[int, int, int], device:
               f'random-resized crop (area {scale[0]:g}-{scale[1]:g}, ratio {ratio[0]:.2f}-{ratio[1]:.2f}) + flip')
     if not 0 < crop <= 1:
         raise ConfigError(f'crop_pct={crop_pct!r} is invalid: it must be in (0, 1]')
+    if cfg.aa:
+        recipe += f', auto-augment {cfg.aa}'
     kind = cfg.loader
-    if kind == 'auto':
-        kind = 'dali' if dali_available() else 'torch'
+    if kind == 'auto':  # timm's auto-augment is PIL code: with --aa only the torch loader can run it
+        kind = 'dali' if dali_available() and not cfg.aa else 'torch'
     if kind == 'dali':
         version = dali_version()
         how = (f'decoding on {dev} (device="mixed")' if dev.type == 'cuda' else
@@ -224,6 +228,7 @@ def create_loaders(cfg: DataConfig, *, input_size: tuple[int, int, int], device:
         from timm.data import create_transform
 
         why = ('asked for (--loader torch)' if cfg.loader == 'torch' else
+               f'--aa {cfg.aa} is timm\'s PIL auto-augment, which only this loader runs' if cfg.aa else
                f'NVIDIA DALI is not installed ({DALI_INSTALL})')
         reason = (f'torch: {why}; a DataLoader with {cfg.workers} worker(s) decodes with PIL and applies '
                   'timm transforms, batches normalised on the device' + (f'; training: {recipe}' if cfg.augment
@@ -233,8 +238,10 @@ def create_loaders(cfg: DataConfig, *, input_size: tuple[int, int, int], device:
         tf_eval = create_transform(is_training=False, **tf_args)
         tf_train = tf_eval
         if cfg.augment:
-            tf_train = (_small_image_transform(size) if small else
-                        create_transform(is_training=True, color_jitter=0.0, scale=scale, ratio=ratio, **tf_args))
+            policy = auto_augment_transform(cfg.aa, size, mean_c) if cfg.aa else None
+            tf_train = (_small_image_transform(size, policy) if small else
+                        create_transform(is_training=True, color_jitter=0.0, scale=scale, ratio=ratio,
+                                         auto_augment=cfg.aa, mean=mean_c, **tf_args))
         file_args: dict[str, Any] = dict(chans=size[0], workers=cfg.workers, mean=mean_c, std=std_c, **common)
         return Loaders(
             TorchFileLoader(t, tf_train, batch_size=cfg.batch_size, train=True, **file_args),

@@ -21,6 +21,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 
@@ -204,18 +205,21 @@ def load_image(path: str, chans: int) -> Any:
 
 @contextlib.contextmanager
 def _seeded(seed: int) -> Iterator[None]:
-    """Seed Python's and torch's CPU generators (timm's transforms draw from them); restore them in the
-    main process, whose RNG state belongs to the training run."""
+    """Seed Python's, NumPy's and torch's CPU generators (timm's transforms draw from them: its auto-augment
+    magnitudes and AugMix weights from NumPy); restore them in the main process, whose RNG state belongs to the
+    training run."""
     keep = get_worker_info() is None
-    saved = (random.getstate(), torch.random.get_rng_state()) if keep else None
+    saved = (random.getstate(), np.random.get_state(), torch.random.get_rng_state()) if keep else None
     random.seed(seed)
+    np.random.seed(seed % 2**32)
     torch.random.default_generator.manual_seed(seed)
     try:
         yield
     finally:
         if saved is not None:
             random.setstate(saved[0])
-            torch.random.set_rng_state(saved[1])
+            np.random.set_state(saved[1])
+            torch.random.set_rng_state(saved[2])
 
 
 class _FileDataset(Dataset[tuple[torch.Tensor, int]]):

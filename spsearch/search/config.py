@@ -42,7 +42,7 @@ def _proxy_recipe() -> TrainConfig:
 
 _SET_PER_RUN = frozenset({'model', 'model_kwargs', 'img_size', 'epochs', 'seed', 'output', 'resume', 'checkpoint',
                           'evaluate_only', 'log_interval', 'progress', 'save_checkpoints', 'experiment',
-                          'stale_bn_eval'})
+                          'stale_bn_eval', 'num_classes', 'pretrained', 'pretrained_path', 'checkpoint_hist'})
 """Options of the training recipe that the search sets for each proxy training and retrain itself."""
 
 

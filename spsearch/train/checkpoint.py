@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import random
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, cast
 
@@ -25,8 +26,8 @@ from torch import nn
 from ..errors import ConfigError
 from ..io import atomic_write
 
-__all__ = ['CHECKPOINT_VERSION', 'export_timm_config', 'export_weights', 'load_checkpoint', 'load_weights', 'rng_state',
-           'save_checkpoint', 'set_rng_state']
+__all__ = ['CHECKPOINT_VERSION', 'CheckpointHistory', 'export_timm_config', 'export_weights', 'load_checkpoint',
+           'load_weights', 'rng_state', 'save_checkpoint', 'set_rng_state']
 
 CHECKPOINT_VERSION = 1
 
@@ -55,12 +56,68 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state['cuda'])
 
 
-def save_checkpoint(
-        path: str | os.PathLike[str], state: dict[str, Any], copy_to: str | os.PathLike[str] | None = None) -> None:
-    """Write ``state`` to ``path`` atomically (and the same bytes to ``copy_to``, also atomically)."""
+def save_checkpoint(path: str | os.PathLike[str], state: dict[str, Any],
+                    copy_to: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None = None) -> None:
+    """Write ``state`` to ``path`` atomically (and the same bytes to each ``copy_to`` path, also atomically)."""
     atomic_write(path, lambda tmp: torch.save({'version': CHECKPOINT_VERSION, **state}, tmp))
-    if copy_to is not None:
-        atomic_write(copy_to, lambda tmp: _copy(path, tmp))
+    copies = [copy_to] if isinstance(copy_to, (str, os.PathLike)) else list(copy_to or [])
+    for target in copies:
+        atomic_write(target, lambda tmp: _copy(path, tmp))
+
+
+class CheckpointHistory:
+    """The ``N`` best epoch checkpoints of a run, kept as timm's ``CheckpointSaver`` keeps them.
+
+    Files are named as timm names them: ``checkpoint-<epoch>.pth.tar`` for each kept epoch and
+    ``model_best.pth.tar`` for the best; an epoch is kept when fewer than ``N`` are, or when its metric
+    beats the worst kept one (strictly: on a tie the earlier epoch stays), and the worst beyond ``N`` is
+    deleted. The files are our exact-resume checkpoints (the same bytes as ``last.pth``; timm's
+    ``load_checkpoint`` reads their ``model``/``state_dict_ema`` keys).
+
+    ``timm.utils.CheckpointSaver`` itself does not fit this loop: it builds its own state (model, optimizer,
+    ``args``, AMP scaler, EMA) without the scheduler, the RNG states of every process or the metric history
+    that exact resume needs, writes with ``torch.save`` and a rename without fsync, and forgets which
+    files it kept when the process restarts. Here the kept list is part of the checkpoint, so a resumed run
+    goes on trimming the same files.
+
+    Args:
+        folder: The run's output folder.
+        max_history: ``N`` (timm's ``--checkpoint-hist``), at least 1.
+        kept: ``(metric, file name)`` pairs kept so far (from a resumed checkpoint), best first.
+    """
+
+    BEST = 'model_best.pth.tar'
+
+    def __init__(self, folder: str | os.PathLike[str], max_history: int,
+                 kept: Sequence[Sequence[Any]] = ()) -> None:
+        self.folder = Path(folder)
+        self.max_history = max_history
+        self.kept: list[tuple[float, str]] = [(float(m), str(n)) for m, n in kept]
+
+    @staticmethod
+    def name(epoch: int) -> str:
+        """The file name of ``epoch``'s checkpoint (1-based), as timm's."""
+        return f'checkpoint-{epoch}.pth.tar'
+
+    def update(self, epoch: int, metric: float) -> tuple[list[Path], list[Path]]:
+        """Record ``epoch``'s ``metric`` (higher is better).
+
+        Returns:
+            The files to write with this epoch's checkpoint (its own, and ``model_best.pth.tar`` when it is
+            the best so far) and the files to delete once they are written.
+        """
+        write: list[Path] = []
+        if len(self.kept) < self.max_history or metric > self.kept[-1][0]:
+            self.kept = sorted([*self.kept, (metric, self.name(epoch))], key=lambda k: k[0], reverse=True)
+            write.append(self.folder / self.name(epoch))
+            if self.kept[0][1] == self.name(epoch):
+                write.append(self.folder / self.BEST)
+        dropped, self.kept = self.kept[self.max_history:], self.kept[:self.max_history]
+        return write, [self.folder / n for _, n in dropped]
+
+    def state(self) -> list[list[Any]]:
+        """The kept ``[metric, file name]`` pairs, for the checkpoint."""
+        return [[m, n] for m, n in self.kept]
 
 
 def _copy(src: str | os.PathLike[str], dst: str) -> None:

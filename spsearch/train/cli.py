@@ -11,6 +11,7 @@ from datetime import datetime
 from ..cli import ArgumentParser, CliError, option_values, parse_with_config, prog_name, run_cli
 from ..options import add_arguments
 from .config import TrainConfig
+from .timm_args import from_timm
 
 __all__ = ['build_parser', 'main', 'resolve_config']
 
@@ -51,7 +52,10 @@ def resolve_config(argv: list[str] | None = None) -> TrainConfig:
     writes nothing.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = parse_with_config(build_parser(), argv)
+    args = parse_with_config(build_parser(), argv, translate=from_timm)
+    if args.config_ignored:
+        print(f'note: {args.config} holds timm option(s) not implemented here, at timm\'s defaults, ignored: '
+              f'{", ".join(args.config_ignored)}', file=sys.stderr)
     values = option_values(args, TrainConfig)
     _timm_amp(args, values)
     given = 'output' in args.config_values or any(a == '--output' or a.startswith('--output=') for a in argv)

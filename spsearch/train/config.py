@@ -40,6 +40,17 @@ class TrainConfig:
     model_kwargs: dict[str, Any] = option(
         default_factory=dict, group='model',
         help='timm.create_model keyword arguments, e.g. sp_alpha=vanilla or "sp_alpha=(0.5,0.25,0.25)"')
+    num_classes: int | None = option(
+        None, minimum=1, group='model',
+        help="classes of the model's head (timm's --num-classes; default: the data set's); more than the data set "
+             "has only when fine-tuning from --pretrained/--pretrained-path/--initial-checkpoint weights")
+    pretrained: bool = option(False, group='model',
+                              help="start from the model's registered pretrained weights (timm.create_model("
+                                   "pretrained=True); a head of another class count is re-initialised)")
+    pretrained_path: str | None = option(
+        None, group='model', metavar='FILE',
+        help="start from these weights as if they were the model's pretrained ones (timm's --pretrained-path: "
+             "pretrained_cfg_overlay=dict(file=FILE, num_classes=-1), the head re-initialised); implies --pretrained")
     data: DataConfig = nested(DataConfig)
     img_size: int | None = option(None, minimum=1, group='data', help="input resolution (default: the model's)")
     mean: tuple[float, ...] | None = option(None, group='data', help="normalisation mean (default: the data set's)")
@@ -82,6 +93,10 @@ class TrainConfig:
                          group='augmentation (timm.data.Mixup, RandomErasing)', help='random erasing fill')
     recount: int = option(1, minimum=1, group='augmentation (timm.data.Mixup, RandomErasing)',
                           help='random erasing regions per image')
+    grad_accum_steps: int = option(
+        1, minimum=1, group='optimisation', metavar='N',
+        help='micro-batches whose gradients make one optimizer update (accelerate\'s gradient accumulation; the '
+             'schedule and the EMA step per update; the last batches of an epoch that fill no group are left out)')
     clip_grad: float | None = option(None, minimum=0, open_min=True, group='optimisation',
                                      help='clip the gradient norm to this value')
     ema: bool = option(False, group='optimisation', aliases=('--model-ema',),
@@ -112,12 +127,16 @@ class TrainConfig:
     evaluate_only: bool = option(False, group='run', help='evaluate --checkpoint on the validation split')
     log_interval: int = option(50, minimum=1, group='run', help='steps between progress updates')
     progress: bool = option(True, group='run', help='progress bar and a line per epoch (main process)')
+    checkpoint_hist: int = option(
+        0, minimum=0, metavar='N', group='run',
+        help="also keep the N best epochs as checkpoint-<epoch>.pth.tar and the best as model_best.pth.tar "
+             "(timm's --checkpoint-hist and CheckpointSaver names; 0: only last.pth/best.pth)")
     save_checkpoints: bool = option(True, group='run', help='write last.pth/best.pth every epoch (with --output)')
     experiment: str = option('', group='run', help='free-form label stored in summary.json')
 
     RESUMABLE_CHANGES: ClassVar[frozenset[str]] = frozenset({
         'epochs', 'output', 'resume', 'checkpoint', 'evaluate_only', 'log_interval', 'progress',
-        'workers', 'experiment', 'save_checkpoints', 'data_dir', 'download'})
+        'workers', 'experiment', 'save_checkpoints', 'data_dir', 'download', 'checkpoint_hist'})
     """Options that may change between an interrupted run and its resumption."""
 
     def __post_init__(self) -> None:
@@ -131,6 +150,11 @@ class TrainConfig:
         if (self.mixup > 0 or self.cutmix > 0) and self.data.batch_size % 2:
             raise ConfigError(f'--mixup/--cutmix mix pairs of images: --batch-size must be even, got '
                               f'{self.data.batch_size}')
+        if self.pretrained_path and not self.pretrained:
+            object.__setattr__(self, 'pretrained', True)  # timm's train.py ignores the path without --pretrained
+        if self.pretrained and self.checkpoint and not self.evaluate_only:
+            raise ConfigError('--pretrained/--pretrained-path and --initial-checkpoint both give starting weights; '
+                              'keep one')
         if self.resume and not self.output and self.resume in (True, 'auto', 'true', 'True'):
             raise ConfigError('--resume without a path needs --output (the run folder holding last.pth)')
 

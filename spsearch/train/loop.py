@@ -41,6 +41,7 @@ from ..io import atomic_write_json, atomic_write_text, atomic_write_yaml, check_
 from ..provenance import provenance
 from ..timing import process_peak_memory_mb
 from .checkpoint import (
+    CheckpointHistory,
     export_timm_config,
     export_weights,
     load_checkpoint,
@@ -52,7 +53,7 @@ from .checkpoint import (
 from .config import TrainConfig
 
 __all__ = ['PRECISE_BN_EPOCH', 'EpochCallback', 'TrainResult', 'build_model', 'check_input_size', 'evaluate',
-           'make_accelerator', 'precise_bn', 'train']
+           'head_classes', 'make_accelerator', 'precise_bn', 'train']
 
 EpochCallback = Callable[[int, dict[str, float]], bool]
 """``callback(epoch, metrics) -> stop``: called on the main process after each evaluation."""
@@ -133,27 +134,112 @@ def make_accelerator(cfg: TrainConfig) -> Any:
 
     cuda = torch.cuda.is_available()
     precision, _ = resolve_precision(cfg)
-    kwargs: dict[str, Any] = {'cpu': not cuda, 'mixed_precision': precision}
+    kwargs: dict[str, Any] = {'cpu': not cuda, 'mixed_precision': precision,
+                              'gradient_accumulation_steps': cfg.grad_accum_steps}
     if cuda:
         torch.backends.cudnn.benchmark = True  # fixed input sizes: cuDNN picks each conv's fastest kernel (as timm)
     return Accelerator(**kwargs)
 
 
-def build_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
-    """``timm.create_model`` for ``cfg`` (SP models registered), ``num_classes`` from the data set by default.
+def head_classes(cfg: TrainConfig, data_classes: int) -> int:
+    """The classes of the model's head: ``cfg.num_classes`` (timm's ``--num-classes``), else the data set's.
 
     Raises:
-        ConfigError: Unknown model, or keyword arguments it rejects.
+        ConfigError: Fewer classes than the data set has (its labels would not fit), or more without weights to
+            fine-tune from (a head wider than the data only makes sense when it comes with the weights).
+    """
+    n = cfg.num_classes
+    if n is None or n == data_classes:
+        return data_classes
+    if n < data_classes:
+        raise ConfigError(f'--num-classes {n} is fewer than the {data_classes} classes of {cfg.data.dataset}; leave it '
+                          f'out (the head gets {data_classes}) or give {data_classes}')
+    if not (cfg.pretrained or cfg.checkpoint):
+        raise ConfigError(f'--num-classes {n} but {cfg.data.dataset} has {data_classes} classes; leave it out (the '
+                          f'head gets {data_classes}), or fine-tune a {n}-class model with --pretrained, '
+                          '--pretrained-path FILE or --initial-checkpoint FILE')
+    return n
+
+
+def _pretrained_source(cfg: TrainConfig) -> str:
+    """Where ``--pretrained`` takes ``cfg.model``'s weights from (its pretrained_cfg), for messages.
+
+    Raises:
+        ConfigError: The model has no registered weights and no ``--pretrained-path`` was given.
+    """
+    if cfg.pretrained_path:
+        if not Path(cfg.pretrained_path).is_file():
+            raise ConfigError(f'--pretrained-path {cfg.pretrained_path} does not exist; give a .safetensors or .pth '
+                              'weights file')
+        return cfg.pretrained_path
+    overlay = cfg.model_kwargs.get('pretrained_cfg_overlay')
+    if isinstance(overlay, dict) and overlay.get('file'):  # --model-kwargs "pretrained_cfg_overlay={'file': ...}"
+        return str(overlay['file'])
+    pcfg = timm.models.get_pretrained_cfg(cfg.model)
+    source = pcfg and (pcfg.file or (f'hf-hub:{pcfg.hf_hub_id}' if pcfg.hf_hub_id else '') or pcfg.url)
+    if not source:
+        tag = f' (tag {pcfg.tag})' if pcfg is not None and pcfg.tag else ''
+        raise ConfigError(f'{cfg.model}{tag} has no registered pretrained weights; give a weights file with '
+                          '--pretrained-path FILE')
+    return str(source)
+
+
+@contextlib.contextmanager
+def _quiet_hub() -> Iterator[None]:
+    """Hold back huggingface_hub's warnings (a line per retried request without a network): the failure is one line."""
+    import logging
+    logger = logging.getLogger('huggingface_hub')
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def build_model(cfg: TrainConfig, num_classes: int, *, pretrained: bool = False) -> nn.Module:
+    """``timm.create_model`` for ``cfg`` (SP models registered), with a ``num_classes`` head.
+
+    Args:
+        cfg: The run's configuration (model, ``model_kwargs``, ``pretrained_path``).
+        num_classes: Classes of the head (``head_classes``).
+        pretrained: Load ``cfg``'s pretrained weights as timm does (``cfg.pretrained_path`` as
+            ``pretrained_cfg_overlay=dict(file=..., num_classes=-1)``, timm's ``train.py --pretrained-path``: the
+            file's classifier is dropped and re-initialised); without, the weights are random.
+
+    Raises:
+        ConfigError: Unknown model, keyword arguments it rejects, no pretrained weights registered, weights that
+            cannot be fetched (no network) or do not fit.
     """
     if not timm.is_model(cfg.model):
         close = timm.list_models(f'*{cfg.model.split(".")[0][-8:]}*')[:5]
         hint = f' (close: {", ".join(close)})' if close else ''
         raise ConfigError(f'unknown model {cfg.model!r}{hint}; see timm.list_models() or spsearch.list_sp_models()')
     kwargs = {'num_classes': num_classes, **cfg.model_kwargs}
+    source = ''
+    if pretrained:
+        source = _pretrained_source(cfg)
+        kwargs['pretrained'] = True
+        if cfg.pretrained_path:
+            kwargs['pretrained_cfg_overlay'] = {**kwargs.get('pretrained_cfg_overlay', {}),
+                                                'file': cfg.pretrained_path, 'num_classes': -1}
     try:
-        return timm.create_model(cfg.model, **kwargs)
-    except (ValueError, TypeError, KeyError) as e:
-        raise ConfigError(f'cannot build {cfg.model} with {cfg.model_kwargs}: {e}') from None
+        with _quiet_hub():
+            return timm.create_model(cfg.model, **kwargs)
+    except (ValueError, TypeError, KeyError, OSError, RuntimeError) as e:
+        if not pretrained or isinstance(e, TypeError):
+            if isinstance(e, (OSError, RuntimeError)):
+                raise
+            raise ConfigError(f'cannot build {cfg.model} with {cfg.model_kwargs}: {e}') from None
+        with torch.device('meta'):  # the weights failed, not the model: say which
+            build_model(cfg, num_classes)
+        first = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)[:200]
+        if cfg.pretrained_path:
+            raise ConfigError(f'--pretrained-path {source} does not fit {cfg.model} {cfg.model_kwargs} '
+                              f'({type(e).__name__}: {first}); give weights of this model') from None
+        raise ConfigError(f'cannot fetch the pretrained weights of {cfg.model} from {source} (no network or not '
+                          f'cached: {type(e).__name__}); download them where there is a network and pass '
+                          '--pretrained-path FILE') from None
 
 
 def check_input_size(cfg: TrainConfig, num_classes: int, flag: str = '--img-size') -> tuple[int, int, int]:
@@ -350,9 +436,10 @@ class _Run:
             warnings.warn('bf16 autocast on this CPU can be ~30x slower than fp32 (no AVX-512/AMX); '
                           'mixed precision is meant for the GPU', stacklevel=3)
         info = dataset_info(cfg.data)
-        check_input_size(cfg, info.num_classes)  # before anything is written or allocated
+        self.num_classes = head_classes(cfg, info.num_classes)
+        check_input_size(cfg, self.num_classes)  # before anything is written or allocated
         set_seed(cfg.data.seed)  # identical initialisation on every process and on resume
-        model = build_model(cfg, info.num_classes)
+        model = build_model(cfg, self.num_classes, pretrained=cfg.pretrained)
         if cfg.checkpoint:  # timm's --initial-checkpoint: fine-tune from these weights (a resume overrides them)
             _load_into(model, cfg)
         self.params = sum(p.numel() for p in model.parameters())
@@ -360,6 +447,8 @@ class _Run:
         self.loaders: Loaders = create_loaders(
             cfg.data, input_size=self.input_size, device=acc.device, mean=cfg.mean, std=cfg.std,
             process_index=acc.process_index, num_processes=acc.num_processes)
+        self.hist = (CheckpointHistory(self.out, cfg.checkpoint_hist) if self.out is not None and cfg.checkpoint_hist
+                     and cfg.save_checkpoints else None)
         self.resume_state = self._find_resume_state()
         self._check_output_folder()
 
@@ -368,7 +457,7 @@ class _Run:
         model = model.to(acc.device)
         self.optimizer = timm.optim.create_optimizer_v2(
             model, opt=cfg.opt, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum)
-        self.updates_per_epoch = len(self.loaders.train)
+        self.updates_per_epoch = _updates_per_epoch(cfg, acc, len(self.loaders.train))
         self.scheduler = None
         if cfg.sched != 'none':
             self.scheduler, _ = timm.scheduler.create_scheduler_v2(
@@ -377,7 +466,7 @@ class _Run:
                 warmup_lr=cfg.warmup_lr, warmup_epochs=cfg.warmup_epochs, step_on_epochs=False,
                 updates_per_epoch=self.updates_per_epoch)
         self.ema = timm.utils.ModelEmaV3(model, decay=cfg.ema_decay) if cfg.ema else None
-        self.mixup = _mixup(cfg, info.num_classes)
+        self.mixup = _mixup(cfg, self.num_classes)
         # with mixup/cutmix the targets are soft (smoothing folded in), as in timm's train.py
         self.criterion = (timm.loss.SoftTargetCrossEntropy() if self.mixup is not None
                           else nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing))
@@ -442,6 +531,8 @@ class _Run:
         self.history = list(state.get('history', []))
         self.best_top1 = float(state.get('best_top1', -1.0))
         self.best_epoch = int(state.get('best_epoch', 0))
+        if self.hist is not None:
+            self.hist.kept = [(float(m), str(n)) for m, n in state.get('checkpoint_hist', [])]
 
     def _state(self, epoch: int) -> dict[str, Any]:
         return {
@@ -452,6 +543,8 @@ class _Run:
             'state_dict_ema': self.ema.module.state_dict() if self.ema is not None else None,
             'rng': _gather_rng_states(self.acc), 'history': self.history,
             'best_top1': self.best_top1, 'best_epoch': self.best_epoch,
+            'metric': _score(self.history[-1]) if self.history else None, 'arch': self.cfg.model,  # timm's keys
+            'checkpoint_hist': self.hist.state() if self.hist is not None else [],
         }
 
     def train_epoch(self, epoch: int) -> tuple[dict[str, float], bool]:
@@ -462,29 +555,34 @@ class _Run:
         self.model.train()
         loss_sum = torch.zeros((), dtype=torch.float64, device=acc.device)
         nonfinite = torch.zeros((), dtype=torch.int64, device=acc.device)
-        seen, start, steps = 0, time.perf_counter(), len(loader)
+        seen, start, steps = 0, time.perf_counter(), self.updates_per_epoch * cfg.grad_accum_steps
+        acc.step = 0  # accumulation groups start with the epoch (accelerate counts micro-batches in acc.step)
         # a bar on a terminal; in a log file (retrains, CI, nohup) a plain line every log_interval steps instead
         tty = sys.stderr.isatty()
         with _progress(steps, f'epoch {epoch + 1}/{cfg.epochs}', self.main and cfg.progress and tty) as bar:
             for step, (images, targets) in enumerate(loader):
+                if step >= steps:  # the last batches that fill no accumulation group (--grad-accum-steps)
+                    break
                 if self.erasing is not None:
                     images = self.erasing(images)  # on normalised batches, as timm's prefetcher does
                 if self.mixup is not None:
                     images, targets = self.mixup(images, targets)
                 if cfg.channels_last:
                     images = images.contiguous(memory_format=torch.channels_last)
-                with acc.autocast():
-                    loss = self.criterion(self.model(images), targets)
-                acc.backward(loss)
-                if cfg.clip_grad is not None:
-                    acc.clip_grad_norm_(self.model.parameters(), cfg.clip_grad)
-                self.optimizer.step()
-                self.optimizer.zero_grad(set_to_none=True)
-                self.num_updates += 1
-                if self.scheduler is not None:
-                    self.scheduler.step_update(self.num_updates)
-                if self.ema is not None:
-                    self.ema.update(self.raw_model, step=self.num_updates)
+                with acc.accumulate(self.model):  # steps and zeroes only on a group's last micro-batch
+                    with acc.autocast():
+                        loss = self.criterion(self.model(images), targets)
+                    acc.backward(loss)  # divided by --grad-accum-steps
+                    if cfg.clip_grad is not None and acc.sync_gradients:
+                        acc.clip_grad_norm_(self.model.parameters(), cfg.clip_grad)
+                    self.optimizer.step()
+                    self.optimizer.zero_grad(set_to_none=True)
+                if acc.sync_gradients:  # one optimizer update: the schedule and the EMA follow updates, as timm's
+                    self.num_updates += 1
+                    if self.scheduler is not None:
+                        self.scheduler.step_update(self.num_updates)
+                    if self.ema is not None:
+                        self.ema.update(self.raw_model, step=self.num_updates)
                 loss = loss.detach()
                 loss_sum += loss.double() * targets.shape[0]
                 nonfinite += (~torch.isfinite(loss)).long()
@@ -545,18 +643,17 @@ class _Run:
             row: dict[str, float] = {'epoch': epoch + 1, **train_metrics, **metrics}
             if stale:
                 row.update(stale_top1=stale['top1'], stale_val_loss=stale['val_loss'])
-            score = metrics['top1']
             if self.ema is not None:
                 ema_metrics = evaluate(self.ema.module, self.loaders.val, acc, channels_last=cfg.channels_last)
                 row.update({f'ema_{k}': v for k, v in ema_metrics.items() if k != 'val_samples'})
-                score = max(score, ema_metrics['top1'])
+            score = _score(row)
             row['epoch_time_s'] = time.perf_counter() - epoch_start
             self.history.append(row)
             throughputs.append(train_metrics['images_per_s'])
             is_best = score > self.best_top1
             if is_best:
                 self.best_top1, self.best_epoch = score, epoch + 1
-            self._save(epoch + 1, is_best)
+            self._save(epoch + 1, is_best, score)
             self.log(_format_epoch(row, cfg.epochs))
             stop = bool(self.callback(epoch + 1, dict(row))) if self.main and self.callback is not None else False
             if _any_process(acc, stop):
@@ -593,19 +690,23 @@ class _Run:
         info = self.loaders.info
         export_timm_config(
             self.raw_model, self.out / 'config.json',
-            model_args={**self.cfg.model_kwargs, 'num_classes': info.num_classes, 'in_chans': c},
+            model_args={**self.cfg.model_kwargs, 'num_classes': self.num_classes, 'in_chans': c},
             input_size=self.input_size, mean=resolve_stats(info.mean, c, self.cfg.mean, 'mean'),
             std=resolve_stats(info.std, c, self.cfg.std, 'std'),
             crop_pct=DEFAULT_CROP_PCT if self.cfg.data.dataset == 'imagefolder'
             and not small_image_recipe(self.cfg.data, self.input_size) else 1.0)
 
-    def _save(self, epoch: int, is_best: bool) -> None:
+    def _save(self, epoch: int, is_best: bool, score: float) -> None:
         if self.out is None:
             return
         if self.cfg.save_checkpoints:
+            write, drop = self.hist.update(epoch, score) if self.hist is not None else ([], [])
             state = self._state(epoch)  # every process takes part (RNG states are gathered)
             if self.main:
-                save_checkpoint(self.out / 'last.pth', state, copy_to=self.out / 'best.pth' if is_best else None)
+                save_checkpoint(self.out / 'last.pth', state,
+                                copy_to=[*([self.out / 'best.pth'] if is_best else []), *write])
+                for path in drop:  # after the new files are in place, as timm's CheckpointSaver
+                    path.unlink(missing_ok=True)
         if self.main:
             _write_log_csv(self.out / 'log.csv', self.history)
 
@@ -629,6 +730,30 @@ class _Run:
             'config': self.cfg.to_dict(), **provenance(),
         }
         atomic_write_json(self.out / 'summary.json', summary)  # type: ignore[operator]
+
+
+def _score(row: dict[str, float]) -> float:
+    """What ranks an epoch (best.pth, --checkpoint-hist): its top-1, or its EMA's when that is higher."""
+    return max(row['top1'], row.get('ema_top1', row['top1']))
+
+
+def _updates_per_epoch(cfg: TrainConfig, accelerator: Any, batches: int) -> int:
+    """Optimizer updates per epoch with ``cfg.grad_accum_steps`` micro-batches each (the schedule's unit, as timm's).
+
+    ``accelerator`` is set to accumulate that many (the search passes one of its own). Each epoch trains on the
+    whole groups only, ``batches // N * N`` batches: no gradient is carried across an epoch's end, so last.pth
+    (which holds no gradients) still resumes exactly. timm instead steps on a shorter last group.
+
+    Raises:
+        ConfigError: Fewer batches per epoch than ``N``.
+    """
+    n = cfg.grad_accum_steps
+    if batches < n:
+        raise ConfigError(f'--grad-accum-steps {n} needs at least {n} training batches per epoch, there are '
+                          f'{batches}; lower it (or --batch-size)')
+    if accelerator.gradient_accumulation_steps != n:
+        accelerator.gradient_accumulation_steps = n
+    return batches // n
 
 
 def _mixup(cfg: TrainConfig, num_classes: int) -> Any:
@@ -657,7 +782,7 @@ def _load_into(model: nn.Module, cfg: TrainConfig) -> None:
 
 def _evaluate_only(cfg: TrainConfig, accelerator: Any) -> TrainResult:
     info = dataset_info(cfg.data)
-    model = build_model(cfg, info.num_classes)
+    model = build_model(cfg, head_classes(cfg, info.num_classes))
     _load_into(model, cfg)
     loaders = create_loaders(cfg.data, input_size=_input_size(model, cfg), device=accelerator.device, mean=cfg.mean,
                              std=cfg.std, process_index=accelerator.process_index,
