@@ -56,7 +56,7 @@ def search(cfg: SearchConfig, *, accelerator: Any = None, log: Log | None = None
     _quiet_interrupts()
     group = ProcessGroup(accelerator if accelerator is not None else make_accelerator(cfg.proxy_train_config()))
     if not group.is_main:
-        group.follow(log=lambda s: print(s, flush=True) if cfg.progress else None)
+        group.follow(log=lambda s: None)  # only the main process prints (DDP checks every rank trains the same model)
         group.close()
         return None
     opened: OpenStudy | None = None

@@ -84,9 +84,14 @@ def main(argv: list[str] | None = None) -> int:
     from .loop import train
 
     result = train(cfg)
+    from accelerate import PartialState
+    main_process = PartialState().is_main_process  # under accelerate launch every process returns here
     if result.stopped_by == 'nonfinite':
-        print(f'error: {result.message}', file=sys.stderr)
+        if main_process:
+            print(f'error: {result.message}', file=sys.stderr)
         return 1
+    if not main_process:
+        return 0
     print(result.message + (f'; best top1 {result.best_top1:.2f} (epoch {result.best_epoch})' if result.history
                             and not cfg.evaluate_only else '') + (f'; output {result.output}' if result.output else ''))
     return 0
