@@ -525,11 +525,12 @@ def test_accelerate_config_files_really_run_two_processes_or_say_why_not(tmp_pat
     assert json.loads((tmp_path / 'MULTI_GPU' / 'summary.json').read_text())['num_processes'] == 2
     assert len([line for line in ok.stdout.splitlines() if line.startswith('finished 1 epochs')]) == 1, ok.stdout
     assert len([line for line in ok.stdout.splitlines() if line.startswith('epoch 1/1 ')]) == 1, ok.stdout
-    refused = runs['MULTI_CPU']
-    assert refused.returncode == 2, refused.stderr[-3000:]
+    refused = runs['MULTI_CPU']  # train.py exits 2; accelerate's launcher reports that with its own traceback, exit 1
+    assert refused.returncode != 0
     errors = [line for line in refused.stderr.splitlines() if line.startswith('error: ')]
-    assert len(errors) == 1 and 'asks for 2 MULTI_CPU processes but accelerate launch started 1' in errors[0]
-    assert 'Traceback' not in refused.stderr
+    assert len(errors) == 1 and 'asks for 2 MULTI_CPU processes but accelerate launch started 1' in errors[0], \
+        refused.stderr[-3000:]
+    assert 'returned non-zero exit status 2' in refused.stderr
     assert not (tmp_path / 'MULTI_CPU').exists()
 
 
