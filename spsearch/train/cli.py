@@ -22,6 +22,7 @@ EXAMPLES = """Examples:
     python train.py --output runs/x --resume                # continue an interrupted run exactly
     python train.py --model sp_resnet20 --evaluate-only --checkpoint runs/x/model.safetensors
     accelerate launch --multi_gpu --num_processes 2 train.py ...   # DDP (on CPU too: gloo)
+    python train.py ... --output runs/x --log-with tensorboard     # accelerate's trackers, into runs/x
 
 Options come from -c FILE.yaml (keys are the option names) and are overridden by flags; the
 resolved configuration is written to <output>/args.yaml, which -c takes back. The output folder
