@@ -546,6 +546,15 @@ def test_log_with_a_missing_tracker_is_one_line_naming_pip_install(tmp_path, cap
         assert not out.exists()
     code, _, err = run_main(cli_args(dict(SMALL, log_with=['tensorboard'])) + ['--output', 'none'], capsys)
     assert code == 2 and 'give --output' in err
+    # a search checks its retrains' trackers before it starts, not after the search
+    from spsearch.cli import run_cli
+    from spsearch.search import cli as search_cli
+    out = tmp_path / 'search'
+    code = run_cli(lambda: search_cli.main(['-c', str(ROOT / 'configs/search/quick.yaml'), '--output', str(out),
+                                            '--log-with', 'tensorboard']))
+    err = capsys.readouterr().err
+    assert code == 2 and err.count('\n') == 1 and 'pip install tensorboard' in err, err
+    assert not out.exists()
 
 
 def _event_scalars(folder: Path) -> dict[str, list[int]]:

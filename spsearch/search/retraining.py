@@ -33,6 +33,7 @@ from optuna.trial import FrozenTrial
 from ..io import atomic_write_text, atomic_write_yaml
 from ..space import Architecture
 from ..train import TrainConfig
+from ..train.launch import tracker_names
 from ..train.loop import resolve_precision
 from .budgets import best_uniform, random_in_budget
 from .record import TrialRecord
@@ -175,6 +176,8 @@ def retrain_winners(opened: OpenStudy, log: Callable[[str], None], top: int | No
     cands = candidates(opened, cfg.retrain_top if top is None else top)
     if not cands:
         return []
+    tracker_names(cfg.train.log_with, str(opened.output))  # bad settings: one line before any launch
+    launch_settings(cfg.train)
     processes = cfg.retrain_processes or _default_processes()
     seeds = [cfg.seed + i for i in range(cfg.retrain_seeds)]
     rows, scores = [], {}
