@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Installs everything SPSearch needs into a virtual environment (default .venv): the package
-# (editable) with its test, DALI, PostgreSQL, dashboard and ONNX-export extras, and the Fashion-MNIST data set.
+# (editable) with its test, DALI, PostgreSQL, dashboard, ONNX-export and trackers (TensorBoard) extras,
+# and the Fashion-MNIST data set.
 # Safe to re-run; `make` calls it whenever setup.cfg, pyproject.toml or this file change.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 VENV=${VENV:-.venv}
-EXTRAS=${SPSEARCH_EXTRAS:-dev,dali-cuda130,postgres,dashboard,export}
+EXTRAS=${SPSEARCH_EXTRAS:-dev,dali-cuda130,postgres,dashboard,export,trackers}
 
 if [ ! -x "$VENV/bin/python" ]; then
     echo "setup: creating $VENV with $($PYTHON --version)"

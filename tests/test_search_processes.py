@@ -217,9 +217,8 @@ def test_accelerate_two_processes_sample_once_per_trial(tmp_path):
     assert len(trials) == n and len(_finished(trials)) == n  # one sampler: n trials, not one set per process
     trained = [t for t in trials if 'epochs' in t.user_attrs]
     assert trained
-    followed = [line for line in done.stdout.splitlines() if line.startswith('[rank 1] trial ')]
-    assert [int(line.split()[3].rstrip(':')) for line in followed] == [t.number for t in trained]
-    for line, t in zip(followed, trained, strict=True):
-        alphas = t.user_attrs['sp_alpha']
-        assert repr(list(alphas)) in line or repr(tuple(alphas)) in line, (line, alphas)
+    # only the main process prints (rank 1 trains every candidate too: DDP checks the models' shapes agree)
+    assert not [line for line in (done.stdout + done.stderr).splitlines() if line.startswith('[rank')]
+    lines = done.stdout.splitlines()
+    assert len([line for line in lines if line.startswith('best: ')]) == 1, done.stdout[-2000:]
     assert all(t.user_attrs['images_per_s'] > 0 and t.user_attrs['processes'] == 2 for t in trained)

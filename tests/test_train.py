@@ -238,9 +238,7 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(case, tmp_path, capsys)
     elif case == 'resume_without_output':
         argv = ['--dataset', 'synthetic', '--resume', '--epochs', '1', '--no-progress']
     else:
-        argv = ['--dataset', 'synthetic', '--mixed-precision', 'fp16'] + base
-        if torch.cuda.is_available():
-            pytest.skip('fp16 is valid with a GPU')
+        argv = ['--dataset', 'synthetic', '--mixed-precision', 'fp16', '--device', 'cpu'] + base  # GPU or not
     code, _, err = run_main(argv, capsys)
     assert code == 2, err
     lines = [line for line in err.strip().splitlines() if line.strip()]
@@ -442,9 +440,8 @@ def test_precision_from_accelerate_launch_is_honoured_and_checked():
     assert resolve_precision(cfg.replace(mixed_precision='bf16'), {'ACCELERATE_MIXED_PRECISION': 'no'})[0] == 'bf16'
     with pytest.raises(ConfigError, match='not supported here'):
         resolve_precision(cfg, {'ACCELERATE_MIXED_PRECISION': 'fp8'})
-    if not torch.cuda.is_available():
-        with pytest.raises(ConfigError, match='accelerate launch --mixed_precision .* fp16 needs a CUDA GPU'):
-            resolve_precision(cfg, {'ACCELERATE_MIXED_PRECISION': 'fp16'})
+    with pytest.raises(ConfigError, match='accelerate launch --mixed_precision .* fp16 needs a GPU'):
+        resolve_precision(cfg.replace(device='cpu'), {'ACCELERATE_MIXED_PRECISION': 'fp16'})
 
 
 def test_grad_accumulation_makes_the_same_updates_as_a_batch_twice_as_large(tmp_path, one_thread):
@@ -598,3 +595,225 @@ def test_timm_args_yaml_runs_with_timms_meaning(tmp_path, capsys, monkeypatch):
     assert train_cli.resolve_config(['-c', str(ours)]) == TrainConfig.from_dict(dict(TINY, output=None,
                                                                                      checkpoint_hist=2))
     assert capsys.readouterr().err == ''
+
+
+# -- accelerate: device, launch size, trackers, precision as run; timm's own scripts --------------------------
+
+SMALL = dict(model='sp_resnet20', dataset='synthetic', img_size=16, train_samples=64, val_samples=32, batch_size=32,
+             epochs=2, precise_bn_batches=1, progress=False)
+
+
+@pytest.fixture
+def fresh_accelerate_state():
+    """accelerate's state is a process-wide singleton: a test that runs another precision starts and ends afresh."""
+    from accelerate.state import AcceleratorState
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def test_accelerate_picks_the_device_and_only_device_cpu_forces_cpu(monkeypatch):
+    """MPS (or XPU, NPU, ...) is used, not forced to CPU; --device cpu and accelerate launch --cpu force CPU; several
+    processes without a collective backend (MPS has none) join over gloo on CPU; fp16 is refused only on CPU."""
+    import accelerate.utils
+
+    from spsearch.train.launch import device_type, use_cpu
+    from spsearch.train.loop import resolve_precision
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
+    monkeypatch.setattr(accelerate.utils, 'is_mps_available', lambda *a, **k: True)
+    assert not use_cpu('auto', {}) and device_type('auto', {}) == 'mps'
+    assert use_cpu('cpu', {}) and device_type('cpu', {}) == 'cpu'
+    assert use_cpu('auto', {'ACCELERATE_USE_CPU': 'True'}) and not use_cpu('auto', {'ACCELERATE_USE_CPU': 'False'})
+    assert use_cpu('auto', {'WORLD_SIZE': '2'})
+    cfg = TrainConfig.from_dict(dict(SMALL, output=None, mixed_precision='fp16'))
+    assert resolve_precision(cfg, {}) == ('fp16', '--mixed-precision')
+    with pytest.raises(ConfigError, match='fp16 needs a GPU'):
+        resolve_precision(cfg.replace(device='cpu'), {})
+    monkeypatch.setattr(accelerate.utils, 'is_mps_available', lambda *a, **k: False)
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
+    assert device_type('auto', {}) == 'cuda' and not use_cpu('auto', {'WORLD_SIZE': '2'})
+
+
+def test_an_accelerate_config_asking_for_more_processes_is_said_in_one_line(tmp_path):
+    """accelerate launches a MULTI_CPU config as one process, and plain python never reads a config: either is
+    one line (an error under accelerate launch, a note under python), not a silent one-process run."""
+    from spsearch.train.launch import launch_mismatch
+    config = tmp_path / 'multi_cpu.yaml'
+    config.write_text(yaml.safe_dump({'compute_environment': 'LOCAL_MACHINE', 'distributed_type': 'MULTI_CPU',
+                                      'num_processes': 2, 'num_machines': 1, 'mixed_precision': 'no',
+                                      'use_cpu': True}))
+    launched = {'ACCELERATE_MIXED_PRECISION': 'no', 'ACCELERATE_USE_CPU': 'True'}
+    launcher = ['python', '/venv/bin/accelerate', 'launch', '--config_file', str(config), 'train.py']
+    message, is_error = launch_mismatch(1, launched, launcher)
+    assert is_error and '\n' not in message
+    assert f'{config} asks for 2 MULTI_CPU processes but accelerate launch started 1' in message
+    assert 'accelerate launch --multi_gpu --num_processes 2' in message
+    message, is_error = launch_mismatch(1, {}, [], default_config=config)
+    assert not is_error and 'plain python runs 1 process' in message
+    assert launch_mismatch(2, launched, launcher) is None
+    assert launch_mismatch(1, launched, [*launcher[:3], '--num_processes', '1', *launcher[3:]]) is None
+    assert launch_mismatch(1, {}, [], default_config=tmp_path / 'none.yaml') is None
+    # the script's own arguments are not the launcher's
+    assert launch_mismatch(1, launched, ['python', '-m', 'accelerate.commands.launch', 'train.py', '--num_processes',
+                                         '4'], default_config=tmp_path / 'none.yaml') is None
+
+
+@pytest.mark.slow
+def test_accelerate_config_files_really_run_two_processes_or_say_why_not(tmp_path):
+    """A config file with 2 processes (distributed_type MULTI_GPU: on CPU too, over gloo) runs 2 processes and the
+    final line is printed once; a MULTI_CPU one, which accelerate launches as 1 process, is refused in one line
+    before anything is written."""
+    base = {'compute_environment': 'LOCAL_MACHINE', 'num_processes': 2, 'num_machines': 1, 'machine_rank': 0,
+            'mixed_precision': 'no', 'gpu_ids': 'all', 'main_process_port': 29531}
+    env = {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONWARNINGS': 'ignore', 'PYTHONPATH': str(ROOT)}
+    argv = cli_args(dict(SMALL, epochs=1)) + ['--progress']
+    runs = {}
+    for kind in ('MULTI_GPU', 'MULTI_CPU'):
+        config = tmp_path / f'{kind}.yaml'
+        config.write_text(yaml.safe_dump({**base, 'distributed_type': kind, 'use_cpu': kind == 'MULTI_CPU'}))
+        runs[kind] = subprocess.run(
+            [sys.executable, '-m', 'accelerate.commands.launch', '--config_file', str(config), str(ROOT / 'train.py'),
+             *argv, '--output', str(tmp_path / kind)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
+    ok = runs['MULTI_GPU']
+    assert ok.returncode == 0, ok.stderr[-3000:]
+    assert json.loads((tmp_path / 'MULTI_GPU' / 'summary.json').read_text())['num_processes'] == 2
+    assert len([line for line in ok.stdout.splitlines() if line.startswith('finished 1 epochs')]) == 1, ok.stdout
+    assert len([line for line in ok.stdout.splitlines() if line.startswith('epoch 1/1 ')]) == 1, ok.stdout
+    refused = runs['MULTI_CPU']  # train.py exits 2; accelerate's launcher reports that with its own traceback, exit 1
+    assert refused.returncode != 0
+    errors = [line for line in refused.stderr.splitlines() if line.startswith('error: ')]
+    assert len(errors) == 1 and 'asks for 2 MULTI_CPU processes but accelerate launch started 1' in errors[0], \
+        refused.stderr[-3000:]
+    assert 'returned non-zero exit status 2' in refused.stderr
+    assert not (tmp_path / 'MULTI_CPU').exists()
+
+
+def test_log_with_a_missing_tracker_is_one_line_naming_pip_install(tmp_path, capsys, monkeypatch):
+    import accelerate.tracking
+    monkeypatch.setattr(accelerate.tracking, 'get_available_trackers', lambda: [])
+    for asked, wanted in ((['tensorboard'], 'pip install tensorboard'), (['wandb', 'comet_ml'], 'pip install wandb '
+                                                                                              'comet-ml'),
+                          (['all'], 'no experiment tracker is installed; pip install tensorboard')):
+        out = tmp_path / asked[0]
+        code, stdout, err = run_main(cli_args(dict(SMALL, log_with=asked)) + ['--output', str(out)], capsys)
+        assert code == 2 and err.count('\n') == 1 and wanted in err, err
+        assert not out.exists()
+    code, _, err = run_main(cli_args(dict(SMALL, log_with=['tensorboard'])) + ['--output', 'none'], capsys)
+    assert code == 2 and 'give --output' in err
+    # a search checks its retrains' trackers before it starts, not after the search
+    from spsearch.cli import run_cli
+    from spsearch.search import cli as search_cli
+    out = tmp_path / 'search'
+    code = run_cli(lambda: search_cli.main(['-c', str(ROOT / 'configs/search/quick.yaml'), '--output', str(out),
+                                            '--log-with', 'tensorboard']))
+    err = capsys.readouterr().err
+    assert code == 2 and err.count('\n') == 1 and 'pip install tensorboard' in err, err
+    assert not out.exists()
+
+
+def _event_scalars(folder: Path) -> dict[str, list[int]]:
+    """TensorBoard event files under ``folder`` as {tag: [steps]} (TFRecord framing, read with the proto that the
+    installed writer ships)."""
+    try:
+        from tensorboard.compat.proto import event_pb2  # type: ignore[import-not-found]
+    except ImportError:
+        from tensorboardX.proto import event_pb2  # type: ignore[import-not-found]
+    found: dict[str, list[int]] = {}
+    for path in folder.rglob('events.out.tfevents.*'):
+        data, pos = path.read_bytes(), 0
+        while pos + 12 <= len(data):
+            length = int.from_bytes(data[pos:pos + 8], 'little')
+            event = event_pb2.Event.FromString(data[pos + 12:pos + 12 + length])
+            pos += 12 + length + 4
+            for value in event.summary.value:
+                found.setdefault(value.tag, []).append(int(event.step))
+    return found
+
+
+def test_log_with_tensorboard_logs_every_epoch_into_the_run_folder_and_no_secret(tmp_path, monkeypatch):
+    from accelerate.tracking import get_available_trackers
+    if 'tensorboard' not in [str(t) for t in get_available_trackers()]:
+        pytest.skip('no TensorBoard writer installed (pip install tensorboard)')
+    monkeypatch.setenv('WANDB_API_KEY', 'sk-test-secret-1234')
+    out = tmp_path / 'run'
+    result = train(TrainConfig.from_dict(dict(SMALL, log_with=['tensorboard'], output=str(out))))
+    assert result.epochs_run == 2
+    scalars = _event_scalars(out / 'spsearch')
+    for tag in ('top1', 'val_loss', 'train_loss', 'lr'):
+        assert scalars.get(tag) == [1, 2], scalars
+    assert yaml.safe_load((out / 'args.yaml').read_text())['log_with'] == ['tensorboard']
+    written = [p.read_bytes() for p in out.rglob('*') if p.is_file()]
+    assert written and not [b for b in written if b'sk-test-secret-1234' in b]
+
+
+@pytest.mark.filterwarnings('ignore:bf16 autocast on this CPU')
+def test_the_precision_that_ran_is_in_args_yaml_and_summary(tmp_path, monkeypatch, fresh_accelerate_state):
+    """accelerate launch --mixed_precision bf16 (ACCELERATE_MIXED_PRECISION) without our flag: args.yaml says bf16,
+    so -c args.yaml repeats the run as it ran."""
+    monkeypatch.setenv('ACCELERATE_MIXED_PRECISION', 'bf16')
+    out = tmp_path / 'run'
+    train(TrainConfig.from_dict(dict(SMALL, epochs=1, train_samples=32, output=str(out))))
+    assert yaml.safe_load((out / 'args.yaml').read_text())['mixed_precision'] == 'bf16'
+    summary = json.loads((out / 'summary.json').read_text())
+    assert summary['mixed_precision'] == 'bf16' and summary['config']['mixed_precision'] == 'bf16'
+
+
+def test_retrains_keep_the_searchs_accelerate_settings():
+    """The precision, CPU choice, dynamo backend and process count of the search's own launch reach each retrain's
+    config and accelerate launch line (the child's environment is cleaned of the launch variables)."""
+    from spsearch.search.retraining import _default_processes, clean_env, launch_command, launch_settings
+    cfg = TrainConfig.from_dict(dict(SMALL, output=None))
+    env = {'ACCELERATE_MIXED_PRECISION': 'bf16', 'ACCELERATE_USE_CPU': 'True', 'ACCELERATE_DYNAMO_BACKEND': 'NO'}
+    settings = launch_settings(cfg, env)
+    assert settings == {'mixed_precision': 'bf16', 'device': 'cpu', 'dynamo_backend': 'no'}
+    assert launch_settings(cfg.replace(mixed_precision='bf16'), {})['mixed_precision'] == 'bf16'
+    assert launch_settings(cfg, {})['device'] == 'auto'
+    cmd = launch_command(Path('r.yaml'), 2, False, mixed_precision=settings['mixed_precision'])
+    assert cmd[cmd.index('--mixed_precision') + 1] == 'bf16' and '--multi_gpu' in cmd
+    assert _default_processes({'WORLD_SIZE': '2'}) == 2
+    assert _default_processes({}) == max(1, torch.cuda.device_count())
+    assert not any(k.startswith('ACCELERATE_') for k in clean_env())
+
+
+def test_timm_plugins_run_needs_a_script(capsys):
+    from timm_plugins.run import main
+    assert main([]) == 2 and capsys.readouterr().err.startswith('error: no script given')
+    assert main(['no/such/validate.py']) == 2
+    err = capsys.readouterr().err
+    assert err.count('\n') == 1 and 'is not a file' in err
+
+
+TIMM_SCRIPTS = os.environ.get('TIMM_SCRIPTS', '')
+"""A pytorch-image-models checkout (its scripts are not in the timm wheel or sdist)."""
+
+
+@pytest.mark.parametrize('script', ['validate.py', 'benchmark.py'])
+def test_timms_own_scripts_run_sp_models_through_timm_plugins_run(script, tmp_path):
+    """``python -m timm_plugins.run validate.py|benchmark.py ...``: timm's scripts (which have no --device-modules)
+    find the SP models; validate.py also loads a checkpoint of one and scores an ImageFolder."""
+    path = Path(TIMM_SCRIPTS) / script
+    if not path.is_file():
+        pytest.skip(f'timm\'s {script} not found: set TIMM_SCRIPTS to a pytorch-image-models checkout')
+    common = ['--model', 'sp_resnet20', '--model-kwargs', 'sp_alpha=0.25', '--num-classes', '2', '--img-size', '32',
+              '-b', '4', '--device', 'cpu']
+    if script == 'validate.py':
+        from PIL import Image
+        for c in ('a', 'b'):
+            (tmp_path / 'val' / c).mkdir(parents=True)
+            for i in range(3):
+                colour = (40 * i, 200 if c == 'a' else 20, 90)
+                Image.new('RGB', (32, 32), colour).save(tmp_path / 'val' / c / f'{i}.png')
+        weights = tmp_path / 'sp.pth'
+        torch.save(timm.create_model('sp_resnet20', num_classes=2, sp_alpha=0.25).state_dict(), weights)
+        args = [*common, '--data-dir', str(tmp_path), '--split', 'val', '-j', '0', '--checkpoint', str(weights)]
+    else:
+        args = [*common, '--bench', 'inference', '--num-warm-iter', '1', '--num-bench-iter', '2']
+    env = {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONPATH': str(ROOT)}
+    done = subprocess.run([sys.executable, '-m', 'timm_plugins.run', str(path), *args], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.split('--result', 1)[1])
+    result = result[0] if isinstance(result, list) else result
+    assert result['model'] == 'sp_resnet20'
+    if script == 'validate.py':
+        assert 0 <= result['top1'] <= 100 and result['img_size'] == 32

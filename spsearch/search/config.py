@@ -183,7 +183,7 @@ class SearchConfig:
         """The proxy recipe of one candidate: ``train`` at ``proxy_img_size`` for ``proxy_epochs``, nothing written."""
         return self.train.replace(
             model=self.model, model_kwargs=dict(model_kwargs or {}), img_size=self.proxy_img_size,
-            epochs=self.proxy_epochs, seed=self.seed, output=None, progress=False, save_checkpoints=False)
+            epochs=self.proxy_epochs, seed=self.seed, output=None, progress=False, save_checkpoints=False, log_with=())
 
     def retrain_train_config(self, model_kwargs: dict[str, Any], output: str, experiment: str = '',
                              seed: int | None = None) -> TrainConfig:
@@ -200,7 +200,7 @@ class SearchConfig:
     def identity(self) -> dict[str, Any]:
         """Settings a resumed study must keep (budgets, objective, proxy recipe, latency protocol)."""
         proxy = self.proxy_train_config().to_dict()
-        for key in ('data_dir', 'workers', 'progress', 'log_interval', 'output', 'loader'):
+        for key in ('data_dir', 'workers', 'progress', 'log_interval', 'output', 'loader', 'log_with', 'device'):
             proxy.pop(key, None)
         ident: dict[str, Any] = {
             'budgets': self.budgets,

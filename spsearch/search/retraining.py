@@ -32,13 +32,16 @@ from optuna.trial import FrozenTrial
 
 from ..io import atomic_write_text, atomic_write_yaml
 from ..space import Architecture
+from ..train import TrainConfig
+from ..train.launch import tracker_names
+from ..train.loop import resolve_precision
 from .budgets import best_uniform, random_in_budget
 from .record import TrialRecord
 from .reports import best_trials, csv_text, proxy_value
 from .stats import compare, estimate, holm
 from .study import OpenStudy
 
-__all__ = ['Candidate', 'candidates', 'clean_env', 'launch_command', 'retrain_winners']
+__all__ = ['Candidate', 'candidates', 'clean_env', 'launch_command', 'launch_settings', 'retrain_winners']
 
 
 @dataclass(frozen=True)
@@ -73,10 +76,12 @@ def candidates(opened: OpenStudy, top: int) -> list[Candidate]:
     return out
 
 
-def launch_command(config_yaml: Path, processes: int, resume: bool) -> list[str]:
-    """``accelerate launch -m spsearch.train -c config_yaml``, launcher settings explicit (no config file needed)."""
+def launch_command(config_yaml: Path, processes: int, resume: bool, mixed_precision: str = 'no',
+                   dynamo_backend: str = 'no') -> list[str]:
+    """``accelerate launch -m spsearch.train -c config_yaml``, launcher settings explicit (no config file needed):
+    the search's own (``launch_settings``), so a retrain runs as the search's proxy trainings did."""
     cmd = [sys.executable, '-m', 'accelerate.commands.launch', '--num_processes', str(processes),
-           '--num_machines', '1', '--mixed_precision', 'no', '--dynamo_backend', 'no']
+           '--num_machines', '1', '--mixed_precision', mixed_precision, '--dynamo_backend', dynamo_backend]
     if processes > 1:
         cmd.append('--multi_gpu')  # also the way to get several CPU processes (gloo), see the README
     cmd += ['--module', 'spsearch.train', '-c', str(config_yaml)]
@@ -99,9 +104,30 @@ def clean_env() -> dict[str, str]:
             if k not in _LAUNCH_VARS and not k.startswith(('ACCELERATE_', 'TORCHELASTIC_'))}
 
 
-def _default_processes() -> int:
+def _default_processes(environ: dict[str, str] | None = None) -> int:
+    """The search's own launch size (``accelerate launch --num_processes N search.py``), else the GPUs, else 1."""
     import torch
-    return max(1, torch.cuda.device_count())
+    env = os.environ if environ is None else environ
+    launched = int(env.get('WORLD_SIZE', '1') or 1)
+    return launched if launched > 1 else max(1, torch.cuda.device_count())
+
+
+def launch_settings(train_cfg: TrainConfig, environ: dict[str, str] | None = None) -> dict[str, str]:
+    """The accelerate settings of the search's launch that its retrains keep (``clean_env`` drops the variables).
+
+    Returns:
+        ``mixed_precision`` (``resolve_precision``: the flag, else ``accelerate launch``'s or its config's),
+        ``device`` (``cpu`` under ``accelerate launch --cpu`` or ``--device cpu``, else ``auto``) and
+        ``dynamo_backend`` (accelerate's, lower case).
+
+    Raises:
+        ConfigError: A precision this machine cannot run (``resolve_precision``).
+    """
+    env = os.environ if environ is None else environ
+    precision, _ = resolve_precision(train_cfg, dict(env))
+    cpu = train_cfg.device == 'cpu' or env.get('ACCELERATE_USE_CPU', '').strip().lower() in ('1', 'true', 'yes')
+    return {'mixed_precision': precision, 'device': 'cpu' if cpu else 'auto',
+            'dynamo_backend': (env.get('ACCELERATE_DYNAMO_BACKEND') or 'no').lower()}
 
 
 def _finished(run_dir: Path, recipe: dict[str, Any]) -> dict[str, Any] | None:
@@ -125,14 +151,17 @@ def _run(opened: OpenStudy, cand: Candidate, seed: int, processes: int, log: Cal
     cfg, space = opened.cfg, opened.space
     run_dir = opened.output / 'retrain' / cand.name / f'seed-{seed}'
     kwargs = {k: list(v) for k, v in space.model_kwargs(cand.arch).items()}
+    launch = launch_settings(cfg.train)
     recipe = cfg.retrain_train_config(kwargs, str(run_dir), experiment=f'search {opened.study.study_name} '
-                                      f'{cand.name} seed {seed}', seed=seed).to_dict()
+                                      f'{cand.name} seed {seed}', seed=seed).replace(
+        mixed_precision=launch['mixed_precision'], device=launch['device']).to_dict()
     done = _finished(run_dir, recipe)
     if done is not None:
         return run_dir, done, 'done before'
     config_yaml = run_dir.parent / f'seed-{seed}.yaml'
     atomic_write_yaml(config_yaml, recipe)
-    cmd = launch_command(config_yaml, processes, resume=(run_dir / 'last.pth').exists())
+    cmd = launch_command(config_yaml, processes, resume=(run_dir / 'last.pth').exists(),
+                         mixed_precision=launch['mixed_precision'], dynamo_backend=launch['dynamo_backend'])
     log(f'retrain {cand.name} ({cand.role}) seed {seed}: {space.format(cand.arch)} | {" ".join(cmd[1:])}')
     code = subprocess.run(cmd, env={**clean_env(), 'PYTHONUNBUFFERED': '1'}, check=False).returncode
     done = _finished(run_dir, recipe)
@@ -147,6 +176,8 @@ def retrain_winners(opened: OpenStudy, log: Callable[[str], None], top: int | No
     cands = candidates(opened, cfg.retrain_top if top is None else top)
     if not cands:
         return []
+    tracker_names(cfg.train.log_with, str(opened.output))  # bad settings: one line before any launch
+    launch_settings(cfg.train)
     processes = cfg.retrain_processes or _default_processes()
     seeds = [cfg.seed + i for i in range(cfg.retrain_seeds)]
     rows, scores = [], {}

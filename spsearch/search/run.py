@@ -23,6 +23,7 @@ from optuna.trial import TrialState
 
 from ..errors import Interrupted, SPSearchError
 from ..train import make_accelerator
+from ..train.launch import tracker_names
 from .budgets import describe_budgets, measure_config_latency
 from .config import SearchConfig
 from .objective import FINISHED, Cancelled, Objective
@@ -52,11 +53,13 @@ def search(cfg: SearchConfig, *, accelerator: Any = None, log: Log | None = None
         SPSearchError: On bad input, on every process.
     """
     log = log or _default_log
+    if cfg.retrain_top > 0:
+        tracker_names(cfg.train.log_with, cfg.output_dir)  # the retrains' trackers, checked before the search
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the objective prints its own line per trial
     _quiet_interrupts()
     group = ProcessGroup(accelerator if accelerator is not None else make_accelerator(cfg.proxy_train_config()))
     if not group.is_main:
-        group.follow(log=lambda s: print(s, flush=True) if cfg.progress else None)
+        group.follow(log=lambda s: None)  # only the main process prints (DDP checks every rank trains the same model)
         group.close()
         return None
     opened: OpenStudy | None = None

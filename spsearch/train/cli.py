@@ -23,6 +23,7 @@ EXAMPLES = """Examples:
     python train.py --output runs/x --resume                # continue an interrupted run exactly
     python train.py --model sp_resnet20 --evaluate-only --checkpoint runs/x/model.safetensors
     accelerate launch --multi_gpu --num_processes 2 train.py ...   # DDP (on CPU too: gloo)
+    python train.py ... --output runs/x --log-with tensorboard     # accelerate's trackers, into runs/x
 
 Options come from -c FILE.yaml (keys are the option names) and are overridden by flags; the
 resolved configuration is written to <output>/args.yaml, which -c takes back. The output folder
@@ -88,9 +89,14 @@ def main(argv: list[str] | None = None) -> int:
     from .loop import train
 
     result = train(cfg)
+    from accelerate import PartialState
+    main_process = PartialState().is_main_process  # under accelerate launch every process returns here
     if result.stopped_by == 'nonfinite':
-        print(f'error: {result.message}', file=sys.stderr)
+        if main_process:
+            print(f'error: {result.message}', file=sys.stderr)
         return 1
+    if not main_process:
+        return 0
     print(result.message + (f'; best top1 {result.best_top1:.2f} (epoch {result.best_epoch})' if result.history
                             and not cfg.evaluate_only else '') + (f'; output {result.output}' if result.output else ''))
     return 0

@@ -17,6 +17,7 @@ from ..data.config import LOADER_KINDS as LOADER_CHOICES
 from ..data.config import DataConfig
 from ..errors import ConfigError
 from ..options import flat_fields, from_flat, nested, option, to_flat, validate
+from .launch import DEVICE_CHOICES, TRACKER_CHOICES
 
 __all__ = ['DATASET_CHOICES', 'LOADER_CHOICES', 'MIXED_PRECISION_CHOICES', 'OPT_CHOICES', 'SCHED_CHOICES',
            'TrainConfig']
@@ -115,6 +116,8 @@ class TrainConfig:
     compile: bool = option(False, group='speed', aliases=('--torchcompile',), help='torch.compile the model')
     mixed_precision: str = option('no', choices=MIXED_PRECISION_CHOICES, group='speed',
                                   help='autocast through accelerate (GPU; bf16 is ~30x slower on AVX2 CPUs)')
+    device: str = option('auto', choices=DEVICE_CHOICES, group='speed',
+                         help="auto: accelerate's pick (CUDA, MPS, XPU, ... or CPU); cpu: CPU even with a GPU")
     output: str | None = option(None, group='run',
                                 help='output folder (train.py default: runs/train/<dataset>-<model>-<time>; '
                                      'none: write nothing)')
@@ -133,10 +136,13 @@ class TrainConfig:
              "(timm's --checkpoint-hist and CheckpointSaver names; 0: only last.pth/best.pth)")
     save_checkpoints: bool = option(True, group='run', help='write last.pth/best.pth every epoch (with --output)')
     experiment: str = option('', group='run', help='free-form label stored in summary.json')
+    log_with: tuple[str, ...] = option((), choices=TRACKER_CHOICES, group='run',
+                                       help="experiment trackers through accelerate (tensorboard, wandb, ...; all: "
+                                            "every one installed), logging into --output; each needs its package")
 
     RESUMABLE_CHANGES: ClassVar[frozenset[str]] = frozenset({
         'epochs', 'output', 'resume', 'checkpoint', 'evaluate_only', 'log_interval', 'progress',
-        'workers', 'experiment', 'save_checkpoints', 'data_dir', 'download', 'checkpoint_hist'})
+        'workers', 'experiment', 'save_checkpoints', 'data_dir', 'download', 'checkpoint_hist', 'log_with'})
     """Options that may change between an interrupted run and its resumption."""
 
     def __post_init__(self) -> None:

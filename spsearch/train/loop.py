@@ -51,6 +51,7 @@ from .checkpoint import (
     set_rng_state,
 )
 from .config import TrainConfig
+from .launch import device_type, launch_mismatch, tracker_config, tracker_names, use_cpu
 
 __all__ = ['PRECISE_BN_EPOCH', 'EpochCallback', 'TrainResult', 'build_model', 'check_input_size', 'evaluate',
            'head_classes', 'make_accelerator', 'precise_bn', 'train']
@@ -118,27 +119,38 @@ def resolve_precision(cfg: TrainConfig, environ: dict[str, str] | None = None) -
     if precision not in MIXED_PRECISION_CHOICES:
         raise ConfigError(f'{source} {precision!r} is not supported here; use one of '
                           f'{", ".join(MIXED_PRECISION_CHOICES)}')
-    if precision == 'fp16' and not torch.cuda.is_available():
-        raise ConfigError(f'{source} fp16 needs a CUDA GPU (on CPU it would silently run fp32); use no (or bf16)')
+    if precision == 'fp16' and device_type(cfg.device, env) == 'cpu':
+        raise ConfigError(f'{source} fp16 needs a GPU (CUDA, MPS, ...; on CPU it would silently run fp32); use no '
+                          f'(or bf16)')
     return precision, source
 
 
 def make_accelerator(cfg: TrainConfig) -> Any:
-    """An ``accelerate.Accelerator`` for ``cfg`` (CPU when there is no CUDA; precision from ``resolve_precision``,
-    passed explicitly so that what runs is what ``summary.json`` records).
+    """An ``accelerate.Accelerator`` for ``cfg``: the device accelerate picks (CPU only where ``launch.use_cpu``
+    says), the precision from ``resolve_precision`` (passed explicitly so that what runs is what ``summary.json``
+    records), the ``--log-with`` trackers logging into ``cfg.output``.
 
     Raises:
-        ConfigError: See ``resolve_precision``.
+        ConfigError: See ``resolve_precision`` and ``launch.tracker_names``; or an accelerate config asking for
+            more processes than ``accelerate launch`` started (``launch.launch_mismatch``).
     """
     from accelerate import Accelerator
 
-    cuda = torch.cuda.is_available()
     precision, _ = resolve_precision(cfg)
-    kwargs: dict[str, Any] = {'cpu': not cuda, 'mixed_precision': precision,
+    kwargs: dict[str, Any] = {'cpu': use_cpu(cfg.device), 'mixed_precision': precision,
                               'gradient_accumulation_steps': cfg.grad_accum_steps}
-    if cuda:
+    if cfg.log_with:
+        kwargs.update(log_with=tracker_names(cfg.log_with, cfg.output), project_dir=cfg.output)
+    accelerator = Accelerator(**kwargs)
+    mismatch = launch_mismatch(accelerator.num_processes)
+    if mismatch is not None:
+        if mismatch[1]:
+            raise ConfigError(mismatch[0])
+        if accelerator.is_main_process:
+            print(f'warning: {mismatch[0]}', file=sys.stderr, flush=True)
+    if accelerator.device.type == 'cuda':
         torch.backends.cudnn.benchmark = True  # fixed input sizes: cuDNN picks each conv's fastest kernel (as timm)
-    return Accelerator(**kwargs)
+    return accelerator
 
 
 def head_classes(cfg: TrainConfig, data_classes: int) -> int:
@@ -618,6 +630,8 @@ class _Run:
                      f'{acc.device.type}, precision {acc.mixed_precision}')
             if self.out is not None:
                 atomic_write_yaml(self.out / 'args.yaml', cfg.to_dict())
+        if cfg.log_with:  # accelerate's trackers (main process only), in the run folder
+            acc.init_trackers('spsearch', config=tracker_config(cfg.to_dict()))
         throughputs = []
         for epoch in range(self.start_epoch, cfg.epochs):
             epoch_start = time.perf_counter()
@@ -654,6 +668,7 @@ class _Run:
             if is_best:
                 self.best_top1, self.best_epoch = score, epoch + 1
             self._save(epoch + 1, is_best, score)
+            acc.log({k: v for k, v in row.items() if k != 'epoch'}, step=epoch + 1)
             self.log(_format_epoch(row, cfg.epochs))
             stop = bool(self.callback(epoch + 1, dict(row))) if self.main and self.callback is not None else False
             if _any_process(acc, stop):
@@ -822,7 +837,10 @@ def train(cfg: TrainConfig, *, accelerator: Any = None, epoch_callback: EpochCal
         SPSearchError: On bad input (unknown model, missing data, bad options), before anything is
             written to ``cfg.output``.
     """
-    accelerator = accelerator if accelerator is not None else make_accelerator(cfg)
+    owned = accelerator is None
+    accelerator = make_accelerator(cfg) if owned else accelerator
+    if cfg.mixed_precision != accelerator.mixed_precision:  # what runs is what args.yaml and summary.json record
+        cfg = cfg.replace(mixed_precision=accelerator.mixed_precision)
     try:
         if cfg.evaluate_only:
             return _evaluate_only(cfg, accelerator)
@@ -830,6 +848,11 @@ def train(cfg: TrainConfig, *, accelerator: Any = None, epoch_callback: EpochCal
         run.setup()
         return run.run()
     finally:
+        if owned:
+            accelerator.end_training()  # finishes the trackers, tears a process group down
+        else:
+            for tracker in accelerator.trackers:  # a caller's accelerator keeps its process group
+                tracker.finish()
         accelerator.free_memory()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
