@@ -564,7 +564,7 @@ def test_a_study_killed_before_its_settings_and_baselines_gets_them_on_the_next_
     opened = open_search(cfg, log=lambda s: None)
     waiting = [t for t in opened.study.get_trials() if t.state == TrialState.WAITING]
     assert [t.user_attrs['baseline'] for t in waiting] == ['paper', 'uniform']
-    assert 'identity' in opened.study.user_attrs
+    assert 'spsearch:settings' in _system_attrs(opened.study) and 'settings_sha' in opened.study.user_attrs
     with pytest.raises(ConfigError, match='was created with other settings'):
         open_search(cfg.replace(proxy_epochs=2), log=lambda s: None)
 
@@ -580,3 +580,39 @@ def test_a_failed_baseline_is_queued_again_on_the_next_run(tmp_path):
     assert any('baseline(s) paper' in n and 'queued again' in n for n in notes)
     again = open_search(cfg, log=lambda s: None).study.get_trials()
     assert [t.user_attrs.get('baseline') for t in again if t.state == TrialState.WAITING] == ['uniform', 'paper']
+
+
+def _system_attrs(study: optuna.Study) -> dict:
+    return study._storage.get_study_system_attrs(study._study_id)
+
+
+def test_study_user_attributes_are_short_and_the_settings_live_in_the_storage(tiny_study):
+    """``optuna studies`` prints every user attribute: each is one short value; the full settings and configuration
+    are system attributes of the study (in the storage, so a worker on another machine checks against them)."""
+    from spsearch.search.study import settings_hash
+    run, _, cfg = tiny_study
+    study = optuna.load_study(study_name=run.study.study_name, storage=run.study._storage)
+    attrs = study.user_attrs
+    assert set(attrs) == {'model', 'budgets', 'score', 'settings_sha', 'spsearch'}
+    assert all(len(json.dumps(v)) <= 60 for v in attrs.values()), attrs
+    assert attrs['model'] == 'sp_resnet20' and attrs['budgets'] == '0.016 GMACs'
+    settings = _system_attrs(study)['spsearch:settings']
+    assert attrs['settings_sha'] == settings_hash(settings) and settings['proxy']['epochs'] == 1
+    assert _system_attrs(study)['spsearch:config']['budget_gflops'] == 0.016
+
+
+def test_a_study_with_the_old_large_attributes_is_still_guarded_and_reported(tmp_path):
+    """Studies made before the settings moved to system attributes kept them as user attributes ``identity`` and
+    ``config``: resume still checks them (naming what differs) and ``report`` still reads them."""
+    from spsearch.search import report
+    from spsearch.search.study import open_search
+    cfg = SearchConfig.from_dict({**TINY, 'budget_gflops': 0.03, 'n_trials': 2, 'output': str(tmp_path)})
+    new = open_search(cfg, log=lambda s: None).study
+    old = optuna.create_study(storage=new._storage, study_name='old')
+    old.set_user_attr('identity', _system_attrs(new)['spsearch:settings'])
+    old.set_user_attr('config', {**_system_attrs(new)['spsearch:config'], 'study': 'old'})
+    with pytest.raises(ConfigError, match=r'other settings \(proxy.epochs: 1 -> 2\)'):
+        open_search(cfg.replace(study='old', proxy_epochs=2), log=lambda s: None)
+    assert open_search(cfg.replace(study='old'), log=lambda s: None).study.study_name == 'old'
+    opened = report(SearchConfig.from_dict({'output': str(tmp_path), 'study': 'old'}))
+    assert opened.cfg.budget_gflops == 0.03 and opened.cfg.model == 'sp_resnet20'
