@@ -564,7 +564,7 @@ def test_a_study_killed_before_its_settings_and_baselines_gets_them_on_the_next_
     opened = open_search(cfg, log=lambda s: None)
     waiting = [t for t in opened.study.get_trials() if t.state == TrialState.WAITING]
     assert [t.user_attrs['baseline'] for t in waiting] == ['paper', 'uniform']
-    assert 'identity' in opened.study.user_attrs
+    assert 'spsearch:settings' in _system_attrs(opened.study) and 'settings_sha' in opened.study.user_attrs
     with pytest.raises(ConfigError, match='was created with other settings'):
         open_search(cfg.replace(proxy_epochs=2), log=lambda s: None)
 
@@ -580,3 +580,105 @@ def test_a_failed_baseline_is_queued_again_on_the_next_run(tmp_path):
     assert any('baseline(s) paper' in n and 'queued again' in n for n in notes)
     again = open_search(cfg, log=lambda s: None).study.get_trials()
     assert [t.user_attrs.get('baseline') for t in again if t.state == TrialState.WAITING] == ['uniform', 'paper']
+
+
+def _system_attrs(study: optuna.Study) -> dict:
+    return study._storage.get_study_system_attrs(study._study_id)
+
+
+def test_study_user_attributes_are_short_and_the_settings_live_in_the_storage(tiny_study):
+    """``optuna studies`` prints every user attribute: each is one short value; the full settings and configuration
+    are system attributes of the study (in the storage, so a worker on another machine checks against them)."""
+    from spsearch.search.study import settings_hash
+    run, _, cfg = tiny_study
+    study = optuna.load_study(study_name=run.study.study_name, storage=run.study._storage)
+    attrs = study.user_attrs
+    assert set(attrs) == {'model', 'budgets', 'score', 'settings_sha', 'spsearch'}
+    assert all(len(json.dumps(v)) <= 60 for v in attrs.values()), attrs
+    assert attrs['model'] == 'sp_resnet20' and attrs['budgets'] == '0.016 GMACs'
+    settings = _system_attrs(study)['spsearch:settings']
+    assert attrs['settings_sha'] == settings_hash(settings) and settings['proxy']['epochs'] == 1
+    assert _system_attrs(study)['spsearch:config']['budget_gflops'] == 0.016
+
+
+def test_a_study_with_the_old_large_attributes_is_still_guarded_and_reported(tmp_path):
+    """Studies made before the settings moved to system attributes kept them as user attributes ``identity`` and
+    ``config``: resume still checks them (naming what differs) and ``report`` still reads them."""
+    from spsearch.search import report
+    from spsearch.search.study import open_search
+    cfg = SearchConfig.from_dict({**TINY, 'budget_gflops': 0.03, 'n_trials': 2, 'output': str(tmp_path)})
+    new = open_search(cfg, log=lambda s: None).study
+    old = optuna.create_study(storage=new._storage, study_name='old')
+    old.set_user_attr('identity', _system_attrs(new)['spsearch:settings'])
+    old.set_user_attr('config', {**_system_attrs(new)['spsearch:config'], 'study': 'old'})
+    with pytest.raises(ConfigError, match=r'other settings \(proxy.epochs: 1 -> 2\)'):
+        open_search(cfg.replace(study='old', proxy_epochs=2), log=lambda s: None)
+    assert open_search(cfg.replace(study='old'), log=lambda s: None).study.study_name == 'old'
+    opened = report(SearchConfig.from_dict({'output': str(tmp_path), 'study': 'old'}))
+    assert opened.cfg.budget_gflops == 0.03 and opened.cfg.model == 'sp_resnet20'
+
+
+def _fake_study(tmp_path: Path, n_complete: int, vary: bool = True):
+    """An in-memory study of ``sp_resnet20`` with ``n_complete`` complete trials, one pruned after training and one
+    over budget, and its ``OpenStudy`` (nothing trained)."""
+    from spsearch.search.storage import StorageSpec
+    from spsearch.search.study import OpenStudy
+    cfg = SearchConfig.from_dict({**TINY, 'budget_gflops': 0.03, 'n_trials': n_complete + 2, 'output': str(tmp_path)})
+    space = SearchSpace.build('sp_resnet20')
+    dists = {space.param_name(i): optuna.distributions.CategoricalDistribution([c.label for c in choices])
+             for i, choices in enumerate(space.choices)}
+    rng = random.Random(0)
+    study = optuna.create_study(study_name='fake')
+
+    def add(state, arch, value=None, intermediate=None):
+        gmacs = space.cost(arch).macs / 1e9
+        study.add_trial(optuna.trial.create_trial(
+            state=state, value=value, params=space.optuna_params(arch), distributions=dists,
+            intermediate_values=intermediate, constraints={'gmacs': (gmacs - 0.03) / 0.03},
+            user_attrs={'gmacs': gmacs, 'mparams': space.cost(arch).params / 1e6, 'feasible': gmacs <= 0.03,
+                        'status': 'complete' if gmacs <= 0.03 else 'over budget'}))
+
+    archs = [space.sample(rng) if vary else space.paper_arch() for _ in range(n_complete)]
+    for arch in archs:
+        add(TrialState.COMPLETE, arch, value=rng.uniform(1.0, 2.0))
+    add(TrialState.PRUNED, space.sample(rng), intermediate={1: 2.5, 2: 2.4})
+    add(TrialState.PRUNED, space.bounds('macs')[1][1])  # the most expensive architecture: over 0.03 GMACs
+    return OpenStudy(cfg, space, StorageSpec(None, tmp_path), study, tmp_path)
+
+
+def test_optuna_s_plots_and_the_pareto_of_every_trial_are_written_next_to_the_summary(tmp_path):
+    from spsearch.search.reports import write_reports
+    written = write_reports(_fake_study(tmp_path, 4))
+    for name in ('optuna_history.png', 'optuna_importances.png', 'pareto_gmacs.png'):
+        assert (tmp_path / name).read_bytes()[:4] == b'\x89PNG', name
+    summary = (tmp_path / 'summary.md').read_text()
+    assert '![parameter importances](optuna_importances.png)' in summary and 'No parameter-importance' not in summary
+    assert written['pareto_gmacs']['front']
+
+
+def test_parameter_importances_are_skipped_with_a_note_below_two_varying_trials(tmp_path):
+    from spsearch.search.reports import write_reports
+    for n, vary, why in ((1, True, '1 complete trial(s); parameter importances need 2'),
+                         (3, False, 'every complete trial has the same parameters')):
+        out = tmp_path / f'{n}-{vary}'
+        out.mkdir()
+        write_reports(_fake_study(out, n, vary))
+        assert not (out / 'optuna_importances.png').exists() and (out / 'optuna_history.png').exists()
+        assert f'No parameter-importance plot: {why}' in (out / 'summary.md').read_text()
+
+
+def test_the_pareto_plot_shows_every_trial_numbered_and_greys_pruned_and_over_budget_ones(tmp_path, monkeypatch):
+    from spsearch.search import reports
+    seen = {}
+
+    def capture(fig, ax, path, xlabel, ylabel, title):
+        seen['labels'] = ax.get_legend_handles_labels()[1]
+        seen['numbers'] = sorted(int(t.get_text()) for t in ax.texts)
+        real_save(fig, ax, path, xlabel, ylabel, title)
+
+    real_save = reports._save
+    monkeypatch.setattr(reports, '_save', capture)
+    opened = _fake_study(tmp_path, 3)
+    reports.write_reports(opened)
+    assert seen['numbers'] == [t.number for t in opened.study.get_trials()]
+    assert 'pruned (last reported score)' in seen['labels'] and 'over budget / not trained (no score)' in seen['labels']

@@ -6,6 +6,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -222,3 +223,63 @@ def test_accelerate_two_processes_sample_once_per_trial(tmp_path):
     lines = done.stdout.splitlines()
     assert len([line for line in lines if line.startswith('best: ')]) == 1, done.stdout[-2000:]
     assert all(t.user_attrs['images_per_s'] > 0 and t.user_attrs['processes'] == 2 for t in trained)
+
+
+def _run_on_a_terminal(args: list[str], timeout: float = 300) -> str:
+    """Run ``args`` with stdout and stderr on a pseudo-terminal of 120 columns; what it printed."""
+    import fcntl
+    import select
+    import struct
+    import termios
+    master, slave = os.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack('HHHH', 24, 120, 0, 0))  # a terminal has a size
+    proc = subprocess.Popen(args, cwd=ROOT, env=ENV, stdin=subprocess.DEVNULL, stdout=slave, stderr=slave)
+    os.close(slave)
+    out, deadline = b'', time.time() + timeout
+    try:
+        while time.time() < deadline:
+            if select.select([master], [], [], 0.5)[0]:
+                try:
+                    chunk = os.read(master, 65536)
+                except OSError:  # the last writer closed the terminal
+                    break
+                if not chunk:
+                    break
+                out += chunk
+            elif proc.poll() is not None:
+                break
+    finally:
+        os.close(master)
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=60)
+    assert proc.returncode == 0, out.decode(errors='replace')[-3000:]
+    return out.decode(errors='replace')
+
+
+def test_a_terminal_gets_a_progress_bar_with_an_eta(tmp_path):
+    text = _run_on_a_terminal(_search('--n-trials', '3', '--train-samples', '64', '--timeout', '600', '--output',
+                                      str(tmp_path)))
+    assert re.search(r'search.*\| 1/3 \[\d\d:\d\d<\d\d:\d\d, +[\d.]+s/trial, timeout 10:00\]', text), text
+    assert re.search(r'\| 3/3 \[', text) and '\r' in text
+    lines = text.replace('\r\n', '\n').splitlines()
+    assert any(line.startswith('trial 2 [3/3] ') for line in lines)  # the event lines stay whole above the bar
+    assert lines[-2].startswith('best: trial ') and lines[-1].startswith(f'reports: {tmp_path}/summary.md')
+
+
+def test_a_pipe_gets_one_plain_line_per_event_then_the_best_the_verdicts_and_the_files(tmp_path):
+    proc = subprocess.run(_search('--n-trials', '2', '--train-samples', '64', '--output', str(tmp_path),
+                                  '--retrain-top', '1', '--retrain-seeds', '1', '--retrain-epochs', '1',
+                                  '--retrain-train-samples', '64', '--retrain-val-samples', '64'),
+                          cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=600)
+    text = proc.stdout.decode()
+    assert proc.returncode == 0, text[-3000:]
+    assert '\r' not in text and '%|' not in text and 's/trial' not in text
+    lines = text.splitlines()
+    assert [line for line in lines if re.match(r'trial \d \[\d/2\] ', line)] and \
+        [line for line in lines if line.startswith('retrain ') and line.endswith(('trained', 'done before'))
+         or 'final top1' in line]
+    tail = [line for line in lines if line.startswith(('best: ', 'verdict: ', 'reports: '))]
+    assert tail == lines[-len(tail):], lines[-8:]  # the run ends with them
+    assert tail[0].startswith('best: trial ') and tail[1].startswith('verdict: ')
+    assert tail[-1].startswith(f'reports: {tmp_path}/summary.md')

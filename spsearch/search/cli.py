@@ -32,7 +32,8 @@ EXAMPLES = """Examples:
 counted at --eval-img-size (224 for the ImageNet-layout ResNets), proxy training runs at
 --proxy-img-size. Over-budget candidates end before any training. Outputs in --output
 (default runs/search/<study>): trials.csv, pareto_gmacs.csv/.png, pareto_latency.csv/.png,
-best.yaml (python train.py -c best.yaml), summary.md, retrain.csv, and the study (study.db)."""
+optuna_history.png, optuna_importances.png, best.yaml (python train.py -c best.yaml), summary.md,
+retrain.csv, and the study (study.db)."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -87,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
         opened = found
     for line in [*best_lines(opened), *verdict_lines(opened.output)]:
         print(line, flush=True)
-    print(f'reports: {opened.output}/summary.md (trials.csv, pareto_*.png, verify.png, best.yaml); study '
+    print(f'reports: {opened.output}/summary.md (trials.csv, pareto_*.png, optuna_*.png, verify.png, best.yaml); '
+          f'study '
           f'{opened.study.study_name!r} in {opened.spec.display()}', flush=True)
     return 0
 

@@ -114,7 +114,8 @@ class SearchConfig:
                                help='study name (default: model and budgets, e.g. sp_resnet34-gmacs2)')
     resume: bool = option(False, group='storage and output',
                           help='continue an existing study (interrupted trials re-run)')
-    progress: bool = option(True, group='storage and output', help='a line per trial and epoch')
+    progress: bool = option(True, group='storage and output',
+                            help='on a terminal, a bar of finished trials with its ETA under the trial lines')
     retrain_top: int = option(1, minimum=0, metavar='K', group='retrain',
                               help="verify the K best feasible architectures against the paper's, the best uniform "
                                    "one and a random in-budget one, retrained on paired seeds (0: skip)")

@@ -3,7 +3,10 @@
 * ``trials.csv``: every trial (number, state, status, per-stage alpha and G, GMACs, params,
   latency, proxy accuracy, epochs trained, time).
 * ``pareto_gmacs.csv/.png`` and ``pareto_latency.csv/.png``: the feasible, complete trials that no
-  other one beats on both accuracy and cost (matplotlib; the paper baseline and the budget marked).
+  other one beats on both accuracy and cost; the plot shows every trial by number, pruned and
+  over-budget ones greyed (matplotlib; the baselines and the budget marked).
+* ``optuna_history.png`` and ``optuna_importances.png``: Optuna's optimization history and parameter
+  importances (``optuna.visualization.matplotlib``); importances from 2 complete trials on.
 * ``best.yaml``: the best feasible configuration with the retrain recipe, a ``train.py -c`` config.
 * ``summary.md``: the search, its best configuration against the paper's at the same budget,
   the retrain results side by side, and provenance.
@@ -29,7 +32,8 @@ from .record import TrialRecord
 from .score import ProxyScore
 from .study import OpenStudy
 
-__all__ = ['best_trials', 'csv_text', 'feasible', 'pareto_front', 'proxy_value', 'trial_rows', 'write_reports']
+__all__ = ['best_trials', 'csv_text', 'feasible', 'importance_skipped', 'pareto_front', 'proxy_value', 'trial_rows',
+           'write_reports']
 
 
 def feasible(trial: FrozenTrial) -> bool:
@@ -133,14 +137,38 @@ def _pareto(opened: OpenStudy, trials: list[FrozenTrial], metric: str, label: st
              'config': opened.space.format(opened.space.from_optuna_params(t.params))} for c, a, t in front]
     atomic_write_text(out / f'pareto_{metric.split("_")[0]}.csv', csv_text(rows))
     png = out / f'pareto_{metric.split("_")[0]}.png'
-    _plot(png, points, front, metric, label, score.label, opened.cfg.budgets.get(metric), opened.study.study_name)
+    numbers = {t.number for t in done}
+    others = [t for t in trials if t.number not in numbers and t.state in (TrialState.COMPLETE, TrialState.PRUNED)
+              and getattr(TrialRecord.of(t), metric) is not None]
+    _plot(png, points, front, others, metric, label, score.label, score.direction == 'minimize',
+          opened.cfg.budgets.get(metric), opened.study.study_name)
     return {'csv': out / f'pareto_{metric.split("_")[0]}.csv', 'png': png, 'front': rows}
 
 
-def _plot(path: Path, points: list[tuple[float, float, Any]], front: list[tuple[float, float, Any]], metric: str,
-          label: str, score_label: str, budget: float | None, title: str) -> None:
+def _plot(path: Path, points: list[tuple[float, float, Any]], front: list[tuple[float, float, Any]],
+          others: list[FrozenTrial], metric: str, label: str, score_label: str, minimize: bool,
+          budget: float | None, title: str) -> None:
+    """The score against ``metric`` for every finished trial, each labelled with its number: the feasible complete
+    ones and their Pareto front, the baselines starred; greyed, the pruned ones at their last reported score and,
+    in a row past the worst score, those never scored (over a budget, or duplicates of an untrained one).
+
+    Hand-drawn rather than ``optuna.visualization.matplotlib.plot_pareto_front``, which reads only COMPLETE
+    trials: pruned and over-budget trials (PRUNED in Optuna) could not be shown greyed, nor trials numbered.
+    """
     fig, ax = _axes()
-    ax.scatter([p[0] for p in points], [p[1] for p in points], s=18, color='0.6', label='feasible trials')
+    ax.scatter([p[0] for p in points], [p[1] for p in points], s=18, color='0.35', label='feasible trials')
+    pruned = [(float(getattr(TrialRecord.of(t), metric)), proxy_value(t), t) for t in others]
+    scored = [(c, float(v), t) for c, v, t in pruned if v is not None]
+    ys = [p[1] for p in [*points, *scored]]
+    margin = 0.08 * (max(ys) - min(ys) or 1.0)
+    worst = max(ys) + margin if minimize else min(ys) - margin  # the row of the trials without a score
+    unscored = [(c, worst, t) for c, v, t in pruned if v is None]
+    if scored:
+        ax.scatter([p[0] for p in scored], [p[1] for p in scored], s=14, color='0.75',
+                   label='pruned (last reported score)')
+    if unscored:
+        ax.scatter([p[0] for p in unscored], [p[1] for p in unscored], marker='x', s=16, color='0.7',
+                   label='over budget / not trained (no score)')
     ax.plot([p[0] for p in front], [p[1] for p in front], '-o', color='tab:red', ms=5, label='Pareto front')
     for kind, color, text in (('paper', 'tab:blue', 'paper: alpha 1/2, G 2'),
                               ('uniform', 'tab:green', 'best uniform within the budget')):
@@ -148,6 +176,8 @@ def _plot(path: Path, points: list[tuple[float, float, Any]], front: list[tuple[
         if marked:
             ax.scatter([p[0] for p in marked], [p[1] for p in marked], marker='*', s=160, color=color, zorder=5,
                        label=text)
+    for x, y, t in [*points, *scored, *unscored]:
+        ax.annotate(str(t.number), (x, y), xytext=(3, 3), textcoords='offset points', fontsize=6, color='0.3')
     if budget is not None:
         ax.axvline(budget, color='k', ls='--', lw=1, label=f'budget {budget:g}')
     _save(fig, ax, path, label, score_label, title)
@@ -190,6 +220,7 @@ def write_reports(opened: OpenStudy, search_wall_s: float | None = None, total_w
         f'latency (ms, median, batch {proto.get("batch_size", cfg.latency_batch_size)}, '
         f'{proto.get("device", cfg.latency_device)})')
     written['history'] = _optuna_history(opened, trials)
+    written['importances'] = _optuna_importances(opened, trials)
     best = best_trials(trials, 1, score=cfg.score)
     if best:
         t = best[0]
@@ -210,16 +241,52 @@ def _optuna_history(opened: OpenStudy, trials: list[FrozenTrial]) -> Path | None
     None for a multi-objective study or before a trial completed."""
     if opened.cfg.multi_objective or not any(t.state == TrialState.COMPLETE for t in trials):
         return None
+    from optuna.visualization.matplotlib import plot_optimization_history
+    return _save_optuna(opened.output / 'optuna_history.png', plot_optimization_history, opened.study,
+                        target_name=opened.cfg.score.column)
+
+
+IMPORTANCE_MIN_TRIALS = 2
+"""Complete trials Optuna's parameter importances need at least (with parameters that differ between them)."""
+
+
+def importance_skipped(trials: list[FrozenTrial]) -> str | None:
+    """Why ``optuna_importances.png`` is not drawn for ``trials`` (one clause), or None when it is."""
+    complete = [t for t in trials if t.state == TrialState.COMPLETE and t.values]
+    if len(complete) < IMPORTANCE_MIN_TRIALS:
+        return f'{len(complete)} complete trial(s); parameter importances need {IMPORTANCE_MIN_TRIALS}'
+    if not any(len({str(t.params.get(name)) for t in complete}) > 1 for name in complete[0].params):
+        return 'every complete trial has the same parameters; there is nothing to attribute'
+    return None
+
+
+def _optuna_importances(opened: OpenStudy, trials: list[FrozenTrial]) -> Path | None:
+    """Optuna's parameter-importance plot of the proxy score over the per-stage choices as
+    ``optuna_importances.png``; None when ``importance_skipped`` gives a reason.
+
+    The evaluator is Optuna's default, PED-ANOVA (deterministic, no scikit-learn); it takes lower as better, so the
+    target is the negated ``ProxyScore.goodness``.
+    """
+    if importance_skipped(trials) is not None:
+        return None
+    from optuna.importance import PedAnovaImportanceEvaluator
+    from optuna.visualization.matplotlib import plot_param_importances
+    score = opened.cfg.score
+    return _save_optuna(opened.output / 'optuna_importances.png', plot_param_importances, opened.study,
+                        evaluator=PedAnovaImportanceEvaluator(), target=lambda t: -score.goodness(t.values[0]),
+                        target_name=score.column)
+
+
+def _save_optuna(path: Path, plot: Any, study: Any, **kwargs: Any) -> Path:
+    """Draw one of ``optuna.visualization.matplotlib``'s plots of ``study`` and write it atomically as ``path``."""
     import warnings
 
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
-    from optuna.visualization.matplotlib import plot_optimization_history
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')  # Optuna marks its matplotlib backend experimental
-        ax = plot_optimization_history(opened.study, target_name=opened.cfg.score.column)
-    path = opened.output / 'optuna_history.png'
+        ax = plot(study, **kwargs)
     fig: Any = ax.figure  # a Figure (matplotlib types it Figure | SubFigure)
     fig.set_size_inches(6.4, 4.4)
     fig.tight_layout()
@@ -297,6 +364,12 @@ def _summary(opened: OpenStudy, trials: list[FrozenTrial], written: dict[str, An
         lines += [f'![optimization history]({written["history"].name})', '',
                   'Optuna\'s optimization history of the proxy score (`optuna.visualization`): every complete '
                   'trial and the best so far.', '']
+    if written.get('importances'):
+        lines += [f'![parameter importances]({written["importances"].name})', '',
+                  'Optuna\'s parameter importances (PED-ANOVA) of the proxy score over the per-stage choices, '
+                  'from the complete trials: which stages\' settings the score depended on in this study.', '']
+    else:
+        lines += [f'No parameter-importance plot: {importance_skipped(trials)}.', '']
     for key in ('pareto_gmacs', 'pareto_latency'):
         info = written.get(key)
         if info:

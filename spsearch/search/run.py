@@ -2,23 +2,25 @@
 
 ``search(cfg)`` opens (or resumes) the study, runs trials until it has ``n_trials`` finished ones
 (COMPLETE or PRUNED) or ``timeout`` passed, writes the reports, retrains the winners and writes
-the reports again. It ends with exactly ``n_trials`` finished trials: a worker starts a trial only
-while finished + running + queued trials are fewer, a trial interrupted by a killed worker is
-re-queued with the same parameters (``storage.recover_orphans`` and the RDB heartbeat), and a worker
-that finds it started one trial too many (a race between parallel workers) cancels it before
-doing any work. ``retrain(cfg)`` and ``report(cfg)`` work on an existing study.
+the reports again. It ends with exactly ``n_trials`` finished trials: a worker stops once finished
+plus running trials reach it (``optuna.study.MaxTrialsCallback``), a trial interrupted by a killed
+worker is re-queued with the same parameters (``storage.recover_orphans`` and the RDB heartbeat),
+and a worker that finds it started one trial too many (a race between parallel workers) cancels it
+before doing any work. On a terminal a bar shows the finished trials and the ETA; on a pipe each
+event is one plain line (``SearchProgress``). ``retrain(cfg)`` and ``report(cfg)`` work on an
+existing study.
 """
 from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import sys
 import time
 from collections.abc import Callable
 from typing import Any
 
 import optuna
+from optuna.study import MaxTrialsCallback
 from optuna.trial import TrialState
 
 from ..errors import Interrupted, SPSearchError
@@ -33,7 +35,7 @@ from .retraining import retrain_winners
 from .storage import recover_orphans
 from .study import OpenStudy, open_existing, open_search
 
-__all__ = ['report', 'retrain', 'search']
+__all__ = ['SearchProgress', 'report', 'retrain', 'search']
 
 Log = Callable[[str], None]
 
@@ -52,6 +54,7 @@ def search(cfg: SearchConfig, *, accelerator: Any = None, log: Log | None = None
     Raises:
         SPSearchError: On bad input, on every process.
     """
+    default_log = log is None
     log = log or _default_log
     if cfg.retrain_top > 0:
         tracker_names(cfg.train.log_with, cfg.output_dir)  # the retrains' trackers, checked before the search
@@ -66,7 +69,7 @@ def search(cfg: SearchConfig, *, accelerator: Any = None, log: Log | None = None
     try:
         opened = open_search(cfg, log=log, command=command)
         started = time.perf_counter()
-        _optimize(opened, Objective(opened, group, log), log, started)
+        _optimize(opened, group, log, started, bar=cfg.progress and default_log and sys.stderr.isatty())
     except SPSearchError as e:
         group.fail(str(e))
         raise
@@ -154,8 +157,16 @@ def report(cfg: SearchConfig) -> OpenStudy:
     return opened
 
 
-def _optimize(opened: OpenStudy, objective: Objective, log: Log, started: float) -> None:
-    """Run trials until the study has ``n_trials`` finished ones (or ``timeout`` passed); main process only."""
+def _optimize(opened: OpenStudy, group: ProcessGroup, log: Log, started: float, *, bar: bool = False) -> None:
+    """Run trials until the study has ``n_trials`` finished ones (or ``timeout`` passed); main process only.
+
+    One ``study.optimize`` call does the loop: ``timeout`` is what is left of ``--timeout``,
+    ``MaxTrialsCallback`` over COMPLETE, PRUNED and RUNNING trials stops this worker once the
+    finished trials and those in flight (here or on other workers) reach ``n_trials``, and a callback
+    rewrites the reports and moves the progress bar after every trial. ``_enough`` stays
+    hand-written because ``MaxTrialsCallback`` is asked only after a trial, so ``optimize`` would
+    first sample and store one trial more than a finished (or fully busy) study needs.
+    """
     cfg, space, study = opened.cfg, opened.space, opened.study
     for note in opened.notes:
         log(f'note: {note}')
@@ -173,22 +184,89 @@ def _optimize(opened: OpenStudy, objective: Objective, log: Log, started: float)
     if opened.protocol is not None:
         # the first model timed in a process pays for thread pools and allocator growth: time one untimed
         measure_config_latency(space, space.bounds()[0][1], opened.protocol)
-    deadline = started + cfg.timeout if cfg.timeout else math.inf
-    while True:
-        trials = study.get_trials(deepcopy=False)
-        finished = sum(1 for t in trials if t.state in FINISHED)
-        running = sum(1 for t in trials if t.state == TrialState.RUNNING)
-        waiting = sum(1 for t in trials if t.state == TrialState.WAITING)
-        if finished >= cfg.n_trials:
-            break
-        if waiting == 0 and finished + running >= cfg.n_trials:
+    if not _enough(opened, log):
+        with SearchProgress(cfg.n_trials, _counts(study)[0], log, enabled=bar, timeout=cfg.timeout) as progress:
+
+            def after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+                write_reports(opened, search_wall_s=time.perf_counter() - started)  # as README says: every trial
+                progress.update(study, cfg.score)
+
+            left = None if not cfg.timeout else max(0.0, cfg.timeout - (time.perf_counter() - started))
+            study.optimize(Objective(opened, group, progress.log), timeout=left, gc_after_trial=True,
+                           catch=(Cancelled,), show_progress_bar=False,
+                           callbacks=[MaxTrialsCallback(cfg.n_trials, states=(*FINISHED, TrialState.RUNNING)),
+                                      after_trial])
+        finished, running, _ = _counts(study)
+        if finished < cfg.n_trials and running:
             log(f'{running} trial(s) still run on other workers; this worker stops')
-            break
-        if time.perf_counter() >= deadline:
+        elif finished < cfg.n_trials and cfg.timeout and time.perf_counter() - started >= cfg.timeout:
             log(f'timeout: {cfg.timeout:g} s reached; {finished}/{cfg.n_trials} trials finished')
-            break
-        try:
-            study.optimize(objective, n_trials=1, gc_after_trial=True, show_progress_bar=False)
-        except Cancelled:
-            continue
-        write_reports(opened, search_wall_s=time.perf_counter() - started)  # as README says: after every trial
+
+
+def _counts(study: optuna.Study) -> tuple[int, int, int]:
+    """Finished (COMPLETE or PRUNED), RUNNING and WAITING trials of ``study`` now."""
+    states = [t.state for t in study.get_trials(deepcopy=False)]
+    return (sum(s in FINISHED for s in states), states.count(TrialState.RUNNING), states.count(TrialState.WAITING))
+
+
+def _enough(opened: OpenStudy, log: Log) -> bool:
+    """Whether this worker should start no trial at all: the study is finished, or (nothing queued) the trials
+    running on other workers will finish it."""
+    finished, running, waiting = _counts(opened.study)
+    if finished >= opened.cfg.n_trials:
+        return True
+    if waiting == 0 and finished + running >= opened.cfg.n_trials:
+        log(f'{running} trial(s) still run on other workers; this worker stops')
+        return True
+    return False
+
+
+class SearchProgress:
+    """The search's progress: on a terminal a tqdm bar of finished trials with its ETA (as Optuna's
+    ``show_progress_bar``, which counts this call's trials, not the study's, and knows no resume), the
+    lines above it; otherwise (a pipe, a log file, ``--no-progress``) only the lines, one per event.
+
+    Args:
+        total: Finished trials the study ends with (``n_trials``).
+        done: Finished trials it has now (a resumed study starts there).
+        log: Where lines go without a bar.
+        enabled: Draw the bar (the caller checked for a terminal).
+        timeout: ``--timeout`` in seconds, shown next to the bar; None: no limit.
+    """
+
+    def __init__(self, total: int, done: int, log: Log, *, enabled: bool, timeout: float | None = None) -> None:
+        self._log = log
+        self.bar: Any = None
+        if enabled:
+            from tqdm.auto import tqdm
+            # smoothing 0: the ETA from the mean time per trial of this run, not from the last one
+            self.bar = tqdm(total=total, initial=done, desc='search', unit='trial', dynamic_ncols=True,
+                            smoothing=0, file=sys.stderr)
+            if timeout:
+                self.bar.set_postfix_str(f'timeout {self.bar.format_interval(timeout)}')
+
+    def log(self, text: str) -> None:
+        """One line, above the bar when there is one."""
+        if self.bar is not None:
+            self.bar.write(text, file=sys.stdout)
+        else:
+            self._log(text)
+
+    def update(self, study: optuna.Study, score: Any) -> None:
+        """Move the bar to the study's finished trials and show its best score so far."""
+        if self.bar is None:
+            return
+        finished = _counts(study)[0]
+        best = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.values]
+        if best and len(study.directions) == 1:
+            top = max(best, key=lambda t: score.goodness(t.values[0]))
+            self.bar.set_description(f'search (best {score.column} {score.format(top.values[0])}, trial {top.number})',
+                                     refresh=False)
+        self.bar.update(max(0, finished - self.bar.n))
+
+    def __enter__(self) -> SearchProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.close()

@@ -215,7 +215,15 @@ def _schema_race(error: Exception) -> bool:
 
 
 def requeue(study: optuna.Study, trial: FrozenTrial | optuna.Trial) -> None:
-    """Queue a new trial with the parameters (and baseline mark) of an interrupted one."""
+    """Queue a new trial with the parameters (and baseline mark) of an interrupted one.
+
+    The RDB heartbeat's ``heartbeat_stale_trial_callback`` and ``recover_orphans`` use this rather than
+    Optuna's ``RetryHeartbeatStaleTrialCallback`` because that one copies every user attribute of the stale
+    trial into the retry (its ``worker``, ``status``, ``feasible``, costs) and marks the retry only in system
+    attributes: the objective would then give the retry the slot check of a new trial (and cancel it when the
+    study is full, losing the trial) instead of the failed trial's slot, and its record would describe the dead
+    run. Here the retry carries only ``baseline`` and ``retry_of``.
+    """
     record = TrialRecord.of(trial)
     retry_of = trial.number if record.retry_of is None else record.retry_of
     study.enqueue_trial(trial.params, user_attrs=record.as_user_attrs(retry_of=retry_of, baseline=record.baseline))

@@ -7,12 +7,17 @@ reports and the retrain work from.
 
 A new study gets, in order: its settings guard (``identity``: the space, budgets, objective, proxy
 recipe and latency protocol, which a later run must share to continue it), the command and the
-configuration it was started with, its metric names, and its two baselines as the first, enqueued
-trials: the paper's alpha 1/2, G 2 and the best uniform architecture within the budgets
-(``budgets.best_uniform``), proxy-evaluated like every candidate and never pruned.
+configuration it was started with (these three as study *system* attributes: they live in the
+storage, so a worker on another machine checks against them, but ``optuna studies`` does not print
+their kilobytes), short user attributes (model, budgets, score, a hash of the settings, the SPSearch
+version), its metric names, and its two baselines as the first, enqueued trials: the paper's
+alpha 1/2, G 2 and the best uniform architecture within the budgets (``budgets.best_uniform``),
+proxy-evaluated like every candidate and never pruned.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -26,20 +31,55 @@ from ..errors import ConfigError
 from ..io import atomic_write_yaml, check_output_folder
 from ..provenance import mask_secrets
 from ..space import SearchSpace
-from .budgets import LatencyCache, best_uniform, check_latency_budget, check_space_budgets, latency_protocol
+from .budgets import (
+    LatencyCache,
+    best_uniform,
+    check_latency_budget,
+    check_space_budgets,
+    describe_budgets,
+    latency_protocol,
+)
 from .config import SearchConfig
 from .record import TrialRecord
 from .samplers import InBudgetSampler
 from .storage import StorageSpec, open_storage, worker_alive
 
-__all__ = ['OpenStudy', 'open_existing', 'open_search']
+__all__ = ['OpenStudy', 'open_existing', 'open_search', 'settings_hash']
 
-_IDENTITY = 'identity'
-"""Study user attribute: the settings a run must share to continue the study (``SearchConfig.identity``)."""
-_COMMAND = 'command'
-"""Study user attribute: the command line that created the study."""
-_CONFIG = 'config'
-"""Study user attribute: the flat configuration that created the study."""
+_SETTINGS_KEY = 'spsearch:settings'
+"""Study system attribute: the settings a run must share to continue the study (``space`` plus
+``SearchConfig.identity``); the resume guard compares them key by key."""
+_CONFIG_KEY = 'spsearch:config'
+"""Study system attribute: the flat configuration that created the study (``report`` and ``retrain`` read it)."""
+_COMMAND_KEY = 'spsearch:command'
+"""Study system attribute: the command line that created the study."""
+_LEGACY = {_SETTINGS_KEY: 'identity', _CONFIG_KEY: 'config', _COMMAND_KEY: 'command'}
+"""The user attributes that held them before they moved (studies made by SPSearch until 0.1.0 still open)."""
+
+
+def settings_hash(settings: dict[str, Any]) -> str:
+    """A short fingerprint of a study's settings (12 hex digits of the SHA-256 of their sorted JSON)."""
+    text = json.dumps(settings, sort_keys=True, separators=(',', ':'), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def _summary_attrs(cfg: SearchConfig, settings: dict[str, Any]) -> dict[str, Any]:
+    """The study's user attributes: one short value each, so that ``optuna studies`` and optuna-dashboard stay
+    readable. The full settings and configuration are system attributes (``_stored``)."""
+    from .. import __version__
+    return {'model': cfg.model, 'budgets': describe_budgets(cfg.budgets),
+            'score': f'{cfg.score.column} ({cfg.score.direction})', 'settings_sha': settings_hash(settings),
+            'spsearch': __version__}
+
+
+def _stored(storage: optuna.storages.BaseStorage, study: optuna.Study, key: str) -> Any:
+    """A value SPSearch stored with ``study`` (``_SETTINGS_KEY``, ...): a study system attribute, which lives in the
+    storage itself (so workers on other machines read it too) and which ``optuna studies`` does not print; or, for a
+    study an earlier SPSearch made, the user attribute that held it."""
+    system = storage.get_study_system_attrs(storage.get_study_id_from_name(study.study_name))
+    if key in system:
+        return system[key]
+    return study.user_attrs.get(_LEGACY[key])
 
 
 @dataclass
@@ -174,7 +214,7 @@ def open_search(cfg: SearchConfig, *, log: Any = print, command: str | None = No
     existing_trials, others_live, adopt = 0, False, False
     if exists:
         existing_study = optuna.load_study(study_name=cfg.study_name, storage=storage)
-        stored = existing_study.user_attrs.get(_IDENTITY)
+        stored = _stored(storage, existing_study, _SETTINGS_KEY)
         if stored is None and existing_study.get_trials(deepcopy=False):
             raise ConfigError(f'study {cfg.study_name!r} in {spec.display()} has trials but no stored settings to '
                               f'check against (an earlier SPSearch made it); continue it with that version, or start '
@@ -207,7 +247,7 @@ def open_search(cfg: SearchConfig, *, log: Any = print, command: str | None = No
                                       pruner=_pruner(cfg))
             created = False
     if created or adopt:
-        _initialise(study, space, cfg, identity, command, notes)
+        _initialise(storage, study, space, cfg, identity, command, notes)
     else:
         requeued = _ensure_baselines(study, space, cfg)
         if requeued:
@@ -222,12 +262,15 @@ def open_search(cfg: SearchConfig, *, log: Any = print, command: str | None = No
     return OpenStudy(cfg, space, spec, study, output, notes, protocol, cache)
 
 
-def _initialise(study: optuna.Study, space: SearchSpace, cfg: SearchConfig, identity: dict[str, Any],
-                command: str | None, notes: list[str]) -> None:
-    """A new study's attributes, metric names and paper baseline."""
-    study.set_user_attr(_IDENTITY, identity)
-    study.set_user_attr(_COMMAND, mask_secrets(command or ''))
-    study.set_user_attr(_CONFIG, _public(cfg))
+def _initialise(storage: optuna.storages.BaseStorage, study: optuna.Study, space: SearchSpace, cfg: SearchConfig,
+                identity: dict[str, Any], command: str | None, notes: list[str]) -> None:
+    """A new study's attributes (the settings guard first), metric names and baselines."""
+    study_id = storage.get_study_id_from_name(study.study_name)
+    storage.set_study_system_attr(study_id, _SETTINGS_KEY, identity)
+    storage.set_study_system_attr(study_id, _COMMAND_KEY, mask_secrets(command or ''))
+    storage.set_study_system_attr(study_id, _CONFIG_KEY, _public(cfg))
+    for key, value in _summary_attrs(cfg, identity).items():
+        study.set_user_attr(key, value)
     with warnings.catch_warnings():
         warnings.simplefilter('ignore', optuna.exceptions.ExperimentalWarning)
         study.set_metric_names([cfg.score.column, cfg.mo_metric] if cfg.multi_objective else [cfg.score.column])
@@ -279,7 +322,7 @@ def open_existing(cfg: SearchConfig) -> OpenStudy:
     if cfg.study_name not in names:
         raise ConfigError(f'no study named {cfg.study_name!r} in {spec.display()}{_holds(names)}; pass --study NAME')
     study = optuna.load_study(study_name=cfg.study_name, storage=storage)  # read only: no sampler or pruner runs
-    stored = study.user_attrs.get(_CONFIG)
+    stored = _stored(storage, study, _CONFIG_KEY)
     if isinstance(stored, dict):
         mine = cfg.to_dict()
         cfg = SearchConfig.from_dict({**stored, **{k: mine[k] for k in _THIS_RUN}, 'study': cfg.study_name},
