@@ -4,9 +4,15 @@
 (COMPLETE or PRUNED) or ``timeout`` passed, writes the reports, retrains the winners and writes
 the reports again. It ends with exactly ``n_trials`` finished trials: a worker starts a trial only
 while finished + running + queued trials are fewer, a trial interrupted by a killed worker is
-re-queued with the same parameters (``storage.recover_orphans`` and the RDB heartbeat), and a worker
-that finds it started one trial too many (a race between parallel workers) cancels it before
-doing any work. ``retrain(cfg)`` and ``report(cfg)`` work on an existing study.
+re-queued with the same parameters (``storage.recover_orphans`` and the heartbeat, checked after
+every trial), a worker whose remaining trials all run on other workers waits for them (and runs
+any that lose their worker), and a worker that finds it started one trial too many (a race
+between parallel workers) cancels it before doing any work. ``retrain(cfg)`` and ``report(cfg)``
+work on an existing study.
+
+Every entry point owns the output folder while it runs (``spsearch.io.lock_folder``): one process
+writes a folder's reports and retrains. Parallel workers of one study share its storage, each
+with its own ``--output``.
 """
 from __future__ import annotations
 
@@ -15,6 +21,7 @@ import logging
 import math
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -61,29 +68,33 @@ def search(cfg: SearchConfig, *, accelerator: Any = None, log: Log | None = None
         return None
     opened: OpenStudy | None = None
     try:
-        opened = open_search(cfg, log=log, command=command)
-        started = time.perf_counter()
-        _optimize(opened, Objective(opened, group, log), log, started)
-    except SPSearchError as e:
-        group.fail(str(e))
-        raise
-    except KeyboardInterrupt:
-        group.fail('interrupted (Ctrl-C on the main process)')
-        raise _interrupted(opened, 'during the search') from None
-    except BaseException:
-        group.fail('the main process failed; see its traceback')
-        raise
-    group.stop()
-    group.close()
-    wall = time.perf_counter() - started
-    write_reports(opened, search_wall_s=wall)
-    if cfg.retrain_top > 0:
         try:
-            retrain_winners(opened, log)
+            opened = open_search(cfg, log=log, command=command)
+            started = time.perf_counter()
+            _optimize(opened, Objective(opened, group, log), log, started)
+        except SPSearchError as e:
+            group.fail(str(e))
+            raise
         except KeyboardInterrupt:
-            raise _interrupted(opened, 'during the verification') from None
-        write_reports(opened, search_wall_s=wall, total_wall_s=time.perf_counter() - started)
-    return opened
+            group.fail('interrupted (Ctrl-C on the main process)')
+            raise _interrupted(opened, 'during the search') from None
+        except BaseException:
+            group.fail('the main process failed; see its traceback')
+            raise
+        group.stop()
+        group.close()
+        wall = time.perf_counter() - started
+        write_reports(opened, search_wall_s=wall)
+        if cfg.retrain_top > 0:
+            try:
+                retrain_winners(opened, log)
+            except KeyboardInterrupt:
+                raise _interrupted(opened, 'during the verification') from None
+            write_reports(opened, search_wall_s=wall, total_wall_s=time.perf_counter() - started)
+        return opened
+    finally:
+        if opened is not None:
+            opened.close()  # the output folder is free for the next command
 
 
 class _NoInterruptTraceback(logging.Filter):
@@ -133,11 +144,14 @@ def retrain(cfg: SearchConfig, *, log: Log | None = None) -> OpenStudy:
     """
     log = log or _default_log
     opened = open_existing(cfg)
-    write_reports(opened)
-    if cfg.retrain_top > 0:
-        retrain_winners(opened, log)
+    try:
         write_reports(opened)
-    return opened
+        if cfg.retrain_top > 0:
+            retrain_winners(opened, log)
+            write_reports(opened)
+        return opened
+    finally:
+        opened.close()
 
 
 def report(cfg: SearchConfig) -> OpenStudy:
@@ -147,8 +161,11 @@ def report(cfg: SearchConfig) -> OpenStudy:
         SPSearchError: If the study cannot be opened.
     """
     opened = open_existing(cfg)
-    write_reports(opened)
-    return opened
+    try:
+        write_reports(opened)
+        return opened
+    finally:
+        opened.close()
 
 
 def _optimize(opened: OpenStudy, objective: Objective, log: Log, started: float) -> None:
@@ -171,6 +188,7 @@ def _optimize(opened: OpenStudy, objective: Objective, log: Log, started: float)
         # the first model timed in a process pays for thread pools and allocator growth: time one untimed
         measure_config_latency(space, space.bounds()[0][1], opened.protocol)
     deadline = started + cfg.timeout if cfg.timeout else math.inf
+    waited = False
     while True:
         trials = study.get_trials(deepcopy=False)
         finished = sum(1 for t in trials if t.state in FINISHED)
@@ -178,14 +196,35 @@ def _optimize(opened: OpenStudy, objective: Objective, log: Log, started: float)
         waiting = sum(1 for t in trials if t.state == TrialState.WAITING)
         if finished >= cfg.n_trials:
             break
-        if waiting == 0 and finished + running >= cfg.n_trials:
-            log(f'{running} trial(s) still run on other workers; this worker stops')
-            break
         if time.perf_counter() >= deadline:
             log(f'timeout: {cfg.timeout:g} s reached; {finished}/{cfg.n_trials} trials finished')
             break
+        if waiting == 0 and finished + running >= cfg.n_trials:
+            if not waited:
+                log(f'{running} trial(s) still run on other workers; waiting for them (one whose worker dies is '
+                    f're-queued and runs here)')
+            waited = True
+            time.sleep(WAIT_POLL_S)
+            _recover(study, log)
+            continue
         try:
             study.optimize(objective, n_trials=1, gc_after_trial=True, show_progress_bar=False)
         except Cancelled:
             continue
         write_reports(opened, search_wall_s=time.perf_counter() - started)  # as README says: after every trial
+        _recover(study, log)
+
+
+WAIT_POLL_S = 5.0
+"""Seconds between two looks at the study while the last trials run on other workers."""
+
+
+def _recover(study: optuna.Study, log: Log) -> None:
+    """Re-queue the trials of workers that died while this one ran: on this host at once (``recover_orphans``), on
+    others once their heartbeat is stale (``fail_stale_trials``, which Optuna also runs before each trial)."""
+    recovered = recover_orphans(study)
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+    if recovered:
+        log(f'trial(s) {", ".join(map(str, recovered))} lost their worker; re-queued with the same parameters')
