@@ -1,12 +1,17 @@
-"""Atomic file writes: write to a temporary file in the same folder, fsync, then rename.
+"""Atomic file writes (a temporary file in the same folder, fsync, then rename) and run-folder locks.
 
 A reader (or a resumed run) sees either the old file or the complete new one, never half of it.
+A folder a run writes in is owned by one process at a time (``lock_folder``: an OS lock on its
+``.lock`` file, released by the kernel when the process ends, however it ends).
 """
 from __future__ import annotations
 
 import json
 import os
+import socket
+import sys
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,8 +21,12 @@ import yaml
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
 
-__all__ = ['atomic_write', 'atomic_write_bytes', 'atomic_write_json', 'atomic_write_text', 'atomic_write_yaml',
-           'check_output_folder']
+__all__ = ['LOCK_FILE', 'FolderLock', 'atomic_write', 'atomic_write_bytes', 'atomic_write_json', 'atomic_write_text',
+           'atomic_write_yaml', 'check_output_folder', 'lock_folder']
+
+LOCK_FILE = '.lock'
+"""The file in a run or search folder whose OS lock says which process owns the folder (never deleted: removing a
+lock file lets a third process lock a new file while the second still holds the old one)."""
 
 
 def check_output_folder(path: str | os.PathLike[str], flag: str = '--output') -> Path:
@@ -93,3 +102,90 @@ def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> Path:
 def atomic_write_yaml(path: str | os.PathLike[str], obj: Any) -> Path:
     """Write ``obj`` as block-style YAML to ``path`` atomically."""
     return atomic_write_text(path, yaml.safe_dump(obj, sort_keys=False, default_flow_style=None))
+
+
+_HELD: dict[tuple[int, str], list[int]] = {}
+"""The folders this process holds, by (pid, real path): [file descriptor, holders]. The pid keeps a forked child
+from taking its parent's holds for its own."""
+
+
+class FolderLock:
+    """This process' hold on a folder (``lock_folder``); ``release`` (or leaving the ``with`` block) gives it up."""
+
+    def __init__(self, path: Path, key: tuple[int, str]) -> None:
+        self.path = path
+        self._key: tuple[int, str] | None = key
+
+    def release(self) -> None:
+        """Give the hold up (once); the OS lock goes when this process holds the folder no more."""
+        if self._key is None:
+            return
+        held = _HELD[self._key]
+        held[1] -= 1
+        if held[1] == 0:
+            del _HELD[self._key]
+            os.close(held[0])  # closing the descriptor drops the flock
+        self._key = None
+
+    def __enter__(self) -> FolderLock:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def _holder(file: Path) -> str:
+    """Who holds ``file``'s lock, as its holder wrote it: ``pid N (command) on host H since T``."""
+    try:
+        info = json.loads(file.read_text())
+        return (f'pid {info["pid"]} ({info["command"]}) on host {info["host"]} since {info["since"]}')
+    except (OSError, ValueError, KeyError, TypeError):
+        return 'another process (it has not written its pid yet)'
+
+
+def lock_folder(path: str | os.PathLike[str], flag: str = '--output', fix: str = '') -> FolderLock:
+    """Make this process the owner of folder ``path`` (created if missing) until ``release`` or its exit.
+
+    An exclusive ``fcntl.flock`` on ``path/.lock``: the kernel drops it when the process ends, by
+    ``kill -9`` too, so a lock is never stale and needs no clean-up. The lock file names its holder
+    (pid, command, host, time) for the error of the next process. One process may take the same
+    folder more than once (a search that opens its study twice); each hold is released on its own.
+    On a network file system the lock is as good as the file system's ``flock`` (NFSv4: yes).
+
+    Args:
+        path: The folder.
+        flag: The option that named it, for the error.
+        fix: What else to do instead, appended to the error (e.g. how a parallel worker gets its own folder).
+
+    Returns:
+        The hold, a context manager.
+
+    Raises:
+        ConfigError: If another process holds the folder: one line naming it (pid, command) and the fix.
+    """
+    import fcntl
+
+    from .errors import ConfigError
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    key = (os.getpid(), os.path.realpath(path))
+    if key in _HELD:
+        _HELD[key][1] += 1
+        return FolderLock(path, key)
+    file = path / LOCK_FILE
+    fd = os.open(file, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise ConfigError(f'{flag} {path} is in use by {_holder(file)}; wait for it to finish or stop it, or give '
+                          f'another {flag}{fix}') from None
+    except BaseException:
+        os.close(fd)
+        raise
+    holder = {'pid': os.getpid(), 'host': socket.gethostname(), 'command': ' '.join(sys.argv)[:200],
+              'since': time.strftime('%Y-%m-%d %H:%M:%S')}
+    os.ftruncate(fd, 0)  # the file keeps its inode: the lock is on it
+    os.pwrite(fd, (json.dumps(holder) + '\n').encode(), 0)
+    _HELD[key] = [fd, 1]
+    return FolderLock(path, key)

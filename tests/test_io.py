@@ -1,12 +1,15 @@
-"""Atomic writes: the new file or the old one, never half; permissions as ``open()`` would give them."""
+"""Atomic writes: the new file or the old one, never half; permissions as ``open()`` would give them. Folder locks:
+one process owns a run folder, and the kernel frees it when that process dies."""
 from __future__ import annotations
 
 import os
+import signal
 import stat
 
 import pytest
 
-from spsearch.io import atomic_write, atomic_write_text
+from spsearch.errors import ConfigError
+from spsearch.io import LOCK_FILE, atomic_write, atomic_write_text, lock_folder
 
 
 def test_atomic_write_keeps_the_old_file_on_failure_and_respects_the_umask(tmp_path):
@@ -37,3 +40,61 @@ def test_a_writer_that_recreates_the_file_still_gets_the_umask_permissions(tmp_p
     path = export_weights(torch.nn.Linear(2, 2), tmp_path / 'model.safetensors')
     assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask
     assert set(safetensors.torch.load_file(str(path))) == {'weight', 'bias'}
+
+
+def _hold_in_a_child(folder) -> int:
+    """Fork a process that takes ``folder`` and waits for its kill; return its pid once it holds the folder."""
+    ready_r, ready_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into pytest
+        try:
+            lock_folder(folder)
+            os.write(ready_w, b'x')
+            while True:
+                signal.pause()
+        finally:
+            os._exit(1)
+    os.close(ready_w)
+    assert os.read(ready_r, 1) == b'x', 'the child could not take the folder'
+    os.close(ready_r)
+    return pid
+
+
+def test_a_folder_has_one_owner_named_in_the_error_and_freed_by_its_death(tmp_path):
+    folder = tmp_path / 'run'
+    pid = _hold_in_a_child(folder)
+    try:
+        with pytest.raises(ConfigError) as caught:
+            lock_folder(folder, fix=' (or the fix)')
+        message = str(caught.value)
+        assert '\n' not in message and f'in use by pid {pid} (' in message
+        assert message.endswith('wait for it to finish or stop it, or give another --output (or the fix)')
+        assert [p.name for p in folder.iterdir()] == [LOCK_FILE]  # the second process wrote nothing
+    finally:
+        os.kill(pid, signal.SIGKILL)  # no clean-up ran: the kernel drops the lock with the process
+        os.waitpid(pid, 0)
+    with lock_folder(folder) as held:
+        assert held.path == folder and f'"pid": {os.getpid()}' in (folder / LOCK_FILE).read_text()
+
+
+def _another_process_can_take(folder) -> bool:
+    pid = os.fork()
+    if pid == 0:
+        try:
+            lock_folder(folder)
+            os._exit(0)
+        except ConfigError:
+            os._exit(3)
+        finally:
+            os._exit(1)
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+
+
+def test_one_process_may_hold_a_folder_twice_and_releases_each_hold(tmp_path):
+    folder = tmp_path / 'search'
+    first, second = lock_folder(folder), lock_folder(folder)  # a search that opens its study twice
+    first.release()
+    first.release()  # once only
+    assert not _another_process_can_take(folder)
+    second.release()
+    assert _another_process_can_take(folder)

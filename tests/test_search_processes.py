@@ -15,6 +15,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import optuna
 import pytest
@@ -283,3 +284,153 @@ def test_a_pipe_gets_one_plain_line_per_event_then_the_best_the_verdicts_and_the
     assert tail == lines[-len(tail):], lines[-8:]  # the run ends with them
     assert tail[0].startswith('best: trial ') and tail[1].startswith('verdict: ')
     assert tail[-1].startswith(f'reports: {tmp_path}/summary.md')
+
+
+def _wait_for_holder(lock_glob: str, proc: subprocess.Popen, timeout: float = 300) -> int:
+    """Wait until a process holds a folder matching ``lock_glob`` (a ``.lock`` file naming a pid) while ``proc``
+    runs; return that pid."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        for lock in glob.glob(lock_glob):
+            try:
+                return int(json.loads(Path(lock).read_text())['pid'])
+            except (OSError, ValueError, KeyError):
+                pass  # written a moment from now
+        time.sleep(0.2)
+    raise AssertionError(f'no process held {lock_glob} (search exit code {proc.poll()})')
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie that nobody reaped yet does not)."""
+    try:
+        return Path(f'/proc/{pid}/stat').read_text().rsplit(')', 1)[1].split()[0] != 'Z'
+    except OSError:
+        return False
+
+
+def test_a_second_search_on_one_output_is_refused_naming_the_first(tmp_path):
+    """Parallel workers of one study share its storage, each with its own --output: a second search.py on the
+    same --output exits 2 with one line naming the first (pid) and that fix, and changes nothing."""
+    out, n = tmp_path / 'out', 2
+    args = _search('--train-samples', '256', '--proxy-epochs', '1', '--n-trials', str(n), '--output', str(out),
+                   '--study', 'owned', '--no-progress')
+    first = subprocess.Popen(args, cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        assert _wait_for_holder(str(out / '.lock'), first) == first.pid
+        first.send_signal(signal.SIGSTOP)  # it holds the folder and cannot finish while the second starts
+        second = subprocess.run(args, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+        first.send_signal(signal.SIGCONT)
+        assert second.returncode == 2, second.stderr[-2000:]
+        assert second.stderr.count('\n') == 1 and second.stderr.startswith(f'error: --output {out} is in use by pid '
+                                                                           f'{first.pid} (')
+        assert f'--storage {out}/study.db with its own --output' in second.stderr
+        assert first.wait(timeout=300) == 0, first.stderr.read() if first.stderr else ''
+    finally:
+        if first.poll() is None:
+            first.send_signal(signal.SIGCONT)
+            first.kill()
+            first.wait()
+    trials = optuna.load_study(study_name='owned', storage=f'sqlite:///{out}/study.db').get_trials()
+    assert len(_finished(trials)) == n == len(trials)
+    assert {(TrialRecord.of(t).worker or {}).get('pid') for t in trials} == {first.pid}
+
+
+@pytest.mark.parametrize('sig', [signal.SIGTERM, signal.SIGINT, signal.SIGKILL], ids=['term', 'int', 'kill9'])
+def test_a_retrain_ends_with_the_search_however_it_is_killed(tmp_path, sig):
+    """Killing search.py during a retrain ends its training process too (kill -9 included: the supervisor sees
+    its parent die); --resume then retrains in the same folders, which no orphan holds."""
+    out = tmp_path / 'out'
+    args = _search('--train-samples', '128', '--proxy-epochs', '1', '--n-trials', '2', '--output', str(out),
+                   '--study', 'verified', '--no-progress', '--retrain-top', '1', '--retrain-seeds', '1',
+                   '--retrain-epochs', '2', '--retrain-train-samples', '256', '--retrain-val-samples', '64',
+                   '--retrain-processes', '1')
+    search = subprocess.Popen(args, cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        trainer = _wait_for_holder(str(out / 'retrain' / '*' / 'seed-*' / '.lock'), search)
+        assert _alive(trainer)
+        search.send_signal(sig)
+        code = search.wait(timeout=120)
+    finally:
+        if search.poll() is None:
+            search.kill()
+            search.wait()
+    assert code == {signal.SIGINT: 130}.get(sig, -sig)
+    deadline = time.time() + 60
+    while _alive(trainer) and time.time() < deadline:
+        time.sleep(0.2)
+    assert not _alive(trainer), f'the training process {trainer} outlived search.py ({signal.Signals(sig).name})'
+    if sig != signal.SIGKILL:
+        return
+    done = subprocess.run([*args, '--resume'], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = (out / 'retrain.csv').read_text().splitlines()[1:]
+    assert rows and all(',trained,' in row or ',done before,' in row for row in rows), rows
+
+
+def test_a_worker_killed_mid_trial_on_a_journal_is_replaced_by_the_survivor(tmp_path):
+    """Two workers on a journal file, one killed (kill -9) inside a trial: the survivor re-queues that trial and
+    finishes all n; no trial is left RUNNING."""
+    storage, n = str(tmp_path / 'study.log'), 5
+    procs = [subprocess.Popen(_search('--train-samples', '256', '--proxy-epochs', '2', '--n-trials', str(n),
+                                      '--storage', storage, '--study', 'shared', '--output', str(tmp_path / f'w{i}'),
+                                      '--no-progress'),
+                              cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for i in range(2)]
+    victim, survivor = procs
+    killed = None
+    try:
+        deadline = time.time() + 300
+        while killed is None and time.time() < deadline and victim.poll() is None:
+            time.sleep(0.5)
+            try:
+                trials = _load(storage, tmp_path / 'w1', 'shared').get_trials()
+            except (KeyError, ValueError):
+                continue
+            for t in trials:
+                if t.state == TrialState.RUNNING and 'gmacs' in t.user_attrs and \
+                        (TrialRecord.of(t).worker or {}).get('pid') == victim.pid:
+                    victim.kill()
+                    killed = t
+                    break
+        assert killed is not None, 'the victim ran no trial to kill'
+        victim.wait(timeout=60)
+        stdout, stderr = survivor.communicate(timeout=500)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    assert survivor.returncode == 0, stderr[-3000:]
+    trials = _load(storage, tmp_path / 'w0', 'shared').get_trials()
+    assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    assert len(_finished(trials)) == n
+    retries = [t for t in trials if TrialRecord.of(t).retry_of == killed.number]
+    assert len(retries) == 1 and retries[0].params == killed.params and retries[0].state != TrialState.FAIL
+    assert 'spsearch:heartbeat' in killed.system_attrs  # the journal heartbeat ran while it lived
+
+
+@pytest.mark.filterwarnings('ignore::UserWarning', 'ignore::optuna.exceptions.ExperimentalWarning')
+def test_the_journal_heartbeat_requeues_a_trial_whose_worker_went_silent(tmp_path, monkeypatch):
+    """The journal storage implements Optuna's heartbeat: Optuna's optimize beats for a running trial, and a trial
+    that stopped beating for the grace period (its worker on another machine died) is failed and re-queued."""
+    from optuna.storages._heartbeat import is_heartbeat_enabled
+
+    import spsearch.search.storage as storage_module
+    from spsearch.search.storage import JournalHeartbeatStorage
+    storage = open_storage(StorageSpec(str(tmp_path / 'study.log'), tmp_path))
+    assert isinstance(storage, JournalHeartbeatStorage) and is_heartbeat_enabled(storage)
+    study = optuna.create_study(storage=storage, study_name='beat')
+    study.optimize(lambda t: t.suggest_float('x', 0, 1), n_trials=1)
+    assert 'spsearch:heartbeat' in study.trials[0].system_attrs  # Optuna's heartbeat thread called ours
+
+    silent = study.ask({'x': optuna.distributions.FloatDistribution(0, 1)})
+    storage.record_heartbeat(silent._trial_id)
+    optuna.storages.fail_stale_trials(study)
+    assert study.trials[-1].state == TrialState.RUNNING  # beat just now
+    now = time.time()
+    monkeypatch.setattr(storage_module, 'time', SimpleNamespace(time=lambda: now + storage.grace_period + 1))
+    optuna.storages.fail_stale_trials(study)
+    trials = study.get_trials()
+    assert trials[silent.number].state == TrialState.FAIL
+    assert trials[-1].state == TrialState.WAITING and trials[-1].system_attrs['fixed_params'] == silent.params
+    assert TrialRecord.of(trials[-1]).retry_of == silent.number

@@ -817,3 +817,43 @@ def test_timms_own_scripts_run_sp_models_through_timm_plugins_run(script, tmp_pa
     assert result['model'] == 'sp_resnet20'
     if script == 'validate.py':
         assert 0 <= result['top1'] <= 100 and result['img_size'] == 32
+
+
+def _holder_pid(folder: Path, proc: subprocess.Popen, timeout: float = 240) -> None:
+    """Wait until ``proc`` holds ``folder`` (its pid in the lock file)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        lock = folder / '.lock'
+        if lock.exists() and f'"pid": {proc.pid},' in lock.read_text():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f'{proc.args} never held {folder} (exit code {proc.poll()})')
+
+
+@pytest.mark.slow
+def test_a_second_train_on_one_output_is_refused_naming_the_first(tmp_path):
+    """Two train.py on one new --output: the second exits 2 with one line naming the first's pid, before it writes;
+    the first, paused meanwhile, finishes its run untouched."""
+    out = tmp_path / 'run'
+    argv = [sys.executable, str(ROOT / 'train.py'), *cli_args(dict(
+        model='sp_resnet20', dataset='synthetic', img_size=16, train_samples=64, val_samples=32, batch_size=32,
+        epochs=1, progress=False, workers=0)), '--output', str(out)]
+    env = {**os.environ, 'OMP_NUM_THREADS': '1'}
+    first = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        _holder_pid(out, first)
+        first.send_signal(signal.SIGSTOP)  # it holds the folder and cannot finish while the second starts
+        second = subprocess.run([*argv, '--seed', '7'], cwd=ROOT, env=env, capture_output=True, text=True,
+                                timeout=300)
+        first.send_signal(signal.SIGCONT)
+        assert second.returncode == 2, second.stderr[-2000:]
+        assert second.stderr.count('\n') == 1 and second.stderr.startswith('error: --output ')
+        assert f'is in use by pid {first.pid} (' in second.stderr and 'give another --output' in second.stderr
+        assert first.wait(timeout=300) == 0, first.stderr.read() if first.stderr else ''
+    finally:
+        if first.poll() is None:
+            first.send_signal(signal.SIGCONT)
+            first.kill()
+            first.wait()
+    assert yaml.safe_load((out / 'args.yaml').read_text())['seed'] != 7  # the first run's, not overwritten
+    assert json.loads((out / 'summary.json').read_text())['epochs_run'] == 1

@@ -13,7 +13,9 @@ them in ``summary.md`` with a plot).
 Each run is ``accelerate launch -m spsearch.train -c <run>.yaml`` in a subprocess (a clean process
 per run: no memory carried over, the library's own training entry point, which an installed copy
 has too), in ``<output>/retrain/<candidate>/seed-<seed>/``. A run that finished is skipped; an
-interrupted one continues with ``--resume``. Every run is a row of ``retrain.csv``.
+interrupted one continues with ``--resume``. Every run is a row of ``retrain.csv``. The run's processes
+end with the search however it ends (``processes.run_child``), and a run folder is trained by one
+process at a time (its lock, ``spsearch.io.lock_folder``).
 """
 from __future__ import annotations
 
@@ -21,7 +23,6 @@ import json
 import math
 import os
 import random
-import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ from ..train import TrainConfig
 from ..train.launch import tracker_names
 from ..train.loop import resolve_precision
 from .budgets import best_uniform, random_in_budget
+from .processes import run_child
 from .record import TrialRecord
 from .reports import best_trials, csv_text, proxy_value
 from .stats import compare, estimate, holm
@@ -163,7 +165,7 @@ def _run(opened: OpenStudy, cand: Candidate, seed: int, processes: int, log: Cal
     cmd = launch_command(config_yaml, processes, resume=(run_dir / 'last.pth').exists(),
                          mixed_precision=launch['mixed_precision'], dynamo_backend=launch['dynamo_backend'])
     log(f'retrain {cand.name} ({cand.role}) seed {seed}: {space.format(cand.arch)} | {" ".join(cmd[1:])}')
-    code = subprocess.run(cmd, env={**clean_env(), 'PYTHONUNBUFFERED': '1'}, check=False).returncode
+    code = run_child(cmd, env={**clean_env(), 'PYTHONUNBUFFERED': '1'})
     done = _finished(run_dir, recipe)
     return run_dir, done, 'trained' if done is not None else f'failed (exit code {code})'
 

@@ -2,20 +2,28 @@
 
 ``search(cfg)`` opens (or resumes) the study, runs trials until it has ``n_trials`` finished ones
 (COMPLETE or PRUNED) or ``timeout`` passed, writes the reports, retrains the winners and writes
-the reports again. It ends with exactly ``n_trials`` finished trials: a worker stops once finished
-plus running trials reach it (``optuna.study.MaxTrialsCallback``), a trial interrupted by a killed
-worker is re-queued with the same parameters (``storage.recover_orphans`` and the RDB heartbeat),
-and a worker that finds it started one trial too many (a race between parallel workers) cancels it
-before doing any work. On a terminal a bar shows the finished trials and the ETA; on a pipe each
-event is one plain line (``SearchProgress``). ``retrain(cfg)`` and ``report(cfg)`` work on an
-existing study.
+the reports again. It ends with exactly ``n_trials`` finished trials: a worker starts a trial only
+while finished + running + queued trials are fewer (``optuna.study.MaxTrialsCallback`` after each
+trial, ``_optimize`` before the first), a trial interrupted by a killed worker is re-queued with the
+same parameters (``storage.recover_orphans`` and the heartbeat, checked after every trial), a worker
+whose remaining trials all run on other workers waits for them (and runs any that lose their
+worker), and a worker that finds it started one trial too many (a race between parallel workers)
+cancels it before doing any work. On a terminal a bar shows the finished trials and the ETA; on a
+pipe each event is one plain line (``SearchProgress``). ``retrain(cfg)`` and ``report(cfg)`` work on
+an existing study.
+
+Every entry point owns the output folder while it runs (``spsearch.io.lock_folder``): one process
+writes a folder's reports and retrains. Parallel workers of one study share its storage, each
+with its own ``--output``.
 """
 from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -67,29 +75,33 @@ def search(cfg: SearchConfig, *, accelerator: Any = None, log: Log | None = None
         return None
     opened: OpenStudy | None = None
     try:
-        opened = open_search(cfg, log=log, command=command)
-        started = time.perf_counter()
-        _optimize(opened, group, log, started, bar=cfg.progress and default_log and sys.stderr.isatty())
-    except SPSearchError as e:
-        group.fail(str(e))
-        raise
-    except KeyboardInterrupt:
-        group.fail('interrupted (Ctrl-C on the main process)')
-        raise _interrupted(opened, 'during the search') from None
-    except BaseException:
-        group.fail('the main process failed; see its traceback')
-        raise
-    group.stop()
-    group.close()
-    wall = time.perf_counter() - started
-    write_reports(opened, search_wall_s=wall)
-    if cfg.retrain_top > 0:
         try:
-            retrain_winners(opened, log)
+            opened = open_search(cfg, log=log, command=command)
+            started = time.perf_counter()
+            _optimize(opened, group, log, started, bar=cfg.progress and default_log and sys.stderr.isatty())
+        except SPSearchError as e:
+            group.fail(str(e))
+            raise
         except KeyboardInterrupt:
-            raise _interrupted(opened, 'during the verification') from None
-        write_reports(opened, search_wall_s=wall, total_wall_s=time.perf_counter() - started)
-    return opened
+            group.fail('interrupted (Ctrl-C on the main process)')
+            raise _interrupted(opened, 'during the search') from None
+        except BaseException:
+            group.fail('the main process failed; see its traceback')
+            raise
+        group.stop()
+        group.close()
+        wall = time.perf_counter() - started
+        write_reports(opened, search_wall_s=wall)
+        if cfg.retrain_top > 0:
+            try:
+                retrain_winners(opened, log)
+            except KeyboardInterrupt:
+                raise _interrupted(opened, 'during the verification') from None
+            write_reports(opened, search_wall_s=wall, total_wall_s=time.perf_counter() - started)
+        return opened
+    finally:
+        if opened is not None:
+            opened.close()  # the output folder is free for the next command
 
 
 class _NoInterruptTraceback(logging.Filter):
@@ -139,11 +151,14 @@ def retrain(cfg: SearchConfig, *, log: Log | None = None) -> OpenStudy:
     """
     log = log or _default_log
     opened = open_existing(cfg)
-    write_reports(opened)
-    if cfg.retrain_top > 0:
-        retrain_winners(opened, log)
+    try:
         write_reports(opened)
-    return opened
+        if cfg.retrain_top > 0:
+            retrain_winners(opened, log)
+            write_reports(opened)
+        return opened
+    finally:
+        opened.close()
 
 
 def report(cfg: SearchConfig) -> OpenStudy:
@@ -153,19 +168,25 @@ def report(cfg: SearchConfig) -> OpenStudy:
         SPSearchError: If the study cannot be opened.
     """
     opened = open_existing(cfg)
-    write_reports(opened)
-    return opened
+    try:
+        write_reports(opened)
+        return opened
+    finally:
+        opened.close()
 
 
 def _optimize(opened: OpenStudy, group: ProcessGroup, log: Log, started: float, *, bar: bool = False) -> None:
     """Run trials until the study has ``n_trials`` finished ones (or ``timeout`` passed); main process only.
 
-    One ``study.optimize`` call does the loop: ``timeout`` is what is left of ``--timeout``,
+    ``study.optimize`` does the loop: ``timeout`` is what is left of ``--timeout``,
     ``MaxTrialsCallback`` over COMPLETE, PRUNED and RUNNING trials stops this worker once the
     finished trials and those in flight (here or on other workers) reach ``n_trials``, and a callback
-    rewrites the reports and moves the progress bar after every trial. ``_enough`` stays
-    hand-written because ``MaxTrialsCallback`` is asked only after a trial, so ``optimize`` would
-    first sample and store one trial more than a finished (or fully busy) study needs.
+    rewrites the reports, re-queues trials whose worker died and moves the progress bar after every
+    trial. The loop around it stays hand-written for what Optuna has no callback for: it checks
+    before the first trial (``MaxTrialsCallback`` is asked only after one, so ``optimize`` would first
+    sample and store one trial more than a finished or fully busy study needs), and when the last
+    trials run on other workers it waits for them, re-queueing any whose worker dies (Optuna's
+    ``RetryFailedTrialCallback`` would copy the dead trial's attributes; see ``storage.requeue``).
     """
     cfg, space, study = opened.cfg, opened.space, opened.study
     for note in opened.notes:
@@ -184,41 +205,41 @@ def _optimize(opened: OpenStudy, group: ProcessGroup, log: Log, started: float, 
     if opened.protocol is not None:
         # the first model timed in a process pays for thread pools and allocator growth: time one untimed
         measure_config_latency(space, space.bounds()[0][1], opened.protocol)
-    if not _enough(opened, log):
-        with SearchProgress(cfg.n_trials, _counts(study)[0], log, enabled=bar, timeout=cfg.timeout) as progress:
+    deadline = started + cfg.timeout if cfg.timeout else math.inf
+    with SearchProgress(cfg.n_trials, _counts(study)[0], log, enabled=bar, timeout=cfg.timeout) as progress:
 
-            def after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-                write_reports(opened, search_wall_s=time.perf_counter() - started)  # as README says: every trial
-                progress.update(study, cfg.score)
+        def after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+            write_reports(opened, search_wall_s=time.perf_counter() - started)  # as README says: every trial
+            _recover(study, progress.log)
+            progress.update(study, cfg.score)
 
-            left = None if not cfg.timeout else max(0.0, cfg.timeout - (time.perf_counter() - started))
-            study.optimize(Objective(opened, group, progress.log), timeout=left, gc_after_trial=True,
-                           catch=(Cancelled,), show_progress_bar=False,
-                           callbacks=[MaxTrialsCallback(cfg.n_trials, states=(*FINISHED, TrialState.RUNNING)),
-                                      after_trial])
-        finished, running, _ = _counts(study)
-        if finished < cfg.n_trials and running:
-            log(f'{running} trial(s) still run on other workers; this worker stops')
-        elif finished < cfg.n_trials and cfg.timeout and time.perf_counter() - started >= cfg.timeout:
-            log(f'timeout: {cfg.timeout:g} s reached; {finished}/{cfg.n_trials} trials finished')
+        objective = Objective(opened, group, progress.log)
+        stop = MaxTrialsCallback(cfg.n_trials, states=(*FINISHED, TrialState.RUNNING))
+        waited = False
+        while True:
+            finished, running, waiting = _counts(study)
+            if finished >= cfg.n_trials:
+                break
+            if time.perf_counter() >= deadline:
+                progress.log(f'timeout: {cfg.timeout:g} s reached; {finished}/{cfg.n_trials} trials finished')
+                break
+            if waiting == 0 and finished + running >= cfg.n_trials:
+                if not waited:
+                    progress.log(f'{running} trial(s) still run on other workers; waiting for them (one whose worker '
+                                 'dies is re-queued and runs here)')
+                waited = True
+                time.sleep(WAIT_POLL_S)
+                _recover(study, progress.log)
+                continue
+            left = None if deadline == math.inf else max(0.0, deadline - time.perf_counter())
+            study.optimize(objective, timeout=left, gc_after_trial=True, catch=(Cancelled,), show_progress_bar=False,
+                           callbacks=[stop, after_trial])
 
 
 def _counts(study: optuna.Study) -> tuple[int, int, int]:
     """Finished (COMPLETE or PRUNED), RUNNING and WAITING trials of ``study`` now."""
     states = [t.state for t in study.get_trials(deepcopy=False)]
     return (sum(s in FINISHED for s in states), states.count(TrialState.RUNNING), states.count(TrialState.WAITING))
-
-
-def _enough(opened: OpenStudy, log: Log) -> bool:
-    """Whether this worker should start no trial at all: the study is finished, or (nothing queued) the trials
-    running on other workers will finish it."""
-    finished, running, waiting = _counts(opened.study)
-    if finished >= opened.cfg.n_trials:
-        return True
-    if waiting == 0 and finished + running >= opened.cfg.n_trials:
-        log(f'{running} trial(s) still run on other workers; this worker stops')
-        return True
-    return False
 
 
 class SearchProgress:
@@ -270,3 +291,18 @@ class SearchProgress:
     def __exit__(self, *exc: object) -> None:
         if self.bar is not None:
             self.bar.close()
+
+
+WAIT_POLL_S = 5.0
+"""Seconds between two looks at the study while the last trials run on other workers."""
+
+
+def _recover(study: optuna.Study, log: Log) -> None:
+    """Re-queue the trials of workers that died while this one ran: on this host at once (``recover_orphans``), on
+    others once their heartbeat is stale (``fail_stale_trials``, which Optuna also runs before each trial)."""
+    recovered = recover_orphans(study)
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+    if recovered:
+        log(f'trial(s) {", ".join(map(str, recovered))} lost their worker; re-queued with the same parameters')

@@ -5,12 +5,15 @@
   the default is ``<output>/study.db`` (SQLite), readable by ``optuna-dashboard`` and ``optuna``.
 * Every trial records its worker (host, pid, process start time). A trial left RUNNING by a worker
   of this host that no longer exists (``kill -9``, a crash, a power cut) is failed and re-queued with
-  the same parameters when a worker starts (``recover_orphans``); on RDB storages the heartbeat does
-  the same for workers on other machines (``fail_stale_trials`` with ``requeue`` as its callback).
-  So an interrupted study ends with exactly the requested number of finished trials, none lost.
+  the same parameters when a worker starts and before each of its trials (``recover_orphans``); the
+  heartbeat does the same for workers on other machines (``fail_stale_trials`` with ``requeue`` as
+  its callback): Optuna's own on RDB storages, ours on journal files (``JournalHeartbeatStorage``:
+  Optuna 5's ``JournalStorage`` has none). So an interrupted study ends with exactly the requested
+  number of finished trials, none lost.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -22,6 +25,8 @@ from typing import Any
 
 import optuna
 from optuna.storages import BaseStorage
+from optuna.storages._heartbeat import BaseHeartbeat
+from optuna.storages.journal import BaseJournalBackend, JournalStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from ..errors import ConfigError
@@ -29,14 +34,16 @@ from ..provenance import mask_secrets
 from .record import TrialRecord
 
 __all__ = [
-    'HEARTBEAT_GRACE_S', 'HEARTBEAT_INTERVAL_S', 'StorageSpec', 'open_storage', 'recover_orphans', 'requeue',
-    'this_worker', 'worker_alive',
+    'HEARTBEAT_GRACE_S', 'HEARTBEAT_INTERVAL_S', 'JournalHeartbeatStorage', 'StorageSpec', 'open_storage',
+    'recover_orphans', 'requeue', 'this_worker', 'worker_alive',
 ]
 
 HEARTBEAT_INTERVAL_S = 30
 HEARTBEAT_GRACE_S = 120
 
 _JOURNAL_SUFFIXES = ('.log', '.journal', '.jsonl')
+_HEARTBEAT_ATTR = 'spsearch:heartbeat'
+"""Trial system attribute: the time (Unix seconds, the worker's clock) of the running trial's last heartbeat."""
 
 
 def _process_start(pid: int) -> str | None:
@@ -122,6 +129,62 @@ class StorageSpec:
         return f'optuna-dashboard {self.display()}'
 
 
+class JournalHeartbeatStorage(JournalStorage, BaseHeartbeat):
+    """Optuna's ``JournalStorage`` with the heartbeat Optuna gives only to RDB storages.
+
+    Optuna 5.0's journal storage does not implement ``BaseHeartbeat``, so a worker killed on
+    another machine would leave its trial RUNNING for ever. This class implements Optuna's
+    heartbeat interface on the journal, which plugs it into Optuna's own machinery: ``optimize``
+    runs a thread that calls ``record_heartbeat`` every ``heartbeat_interval`` seconds while a trial
+    runs, and ``fail_stale_trials`` (before every trial, and in the search's loop) fails the RUNNING
+    trials whose last heartbeat is older than ``grace_period`` and hands each to the callback
+    (``requeue``, as on RDB). The heartbeat is a trial system attribute in the journal (one line per
+    interval per running trial), timed by the worker's clock: the machines sharing a journal file
+    must agree on the time to well within ``grace_period`` (NTP does). A trial that never beat is judged by its
+    start time (Optuna's thread beats once as the trial starts).
+
+    Args:
+        backend: The journal backend (``JournalFileBackend``).
+        heartbeat_interval: Seconds between heartbeats.
+        grace_period: Seconds without a heartbeat after which a RUNNING trial is stale.
+        heartbeat_stale_trial_callback: Called with the study and each trial failed as stale.
+    """
+
+    def __init__(self, backend: BaseJournalBackend, *, heartbeat_interval: int = HEARTBEAT_INTERVAL_S,
+                 grace_period: int = HEARTBEAT_GRACE_S, heartbeat_stale_trial_callback: Any = None) -> None:
+        super().__init__(backend)
+        if heartbeat_interval <= 0 or grace_period <= heartbeat_interval:
+            raise ValueError(f'heartbeat_interval {heartbeat_interval} must be > 0 and below grace_period '
+                             f'{grace_period}')
+        self.heartbeat_interval = heartbeat_interval
+        self.grace_period = grace_period
+        self.heartbeat_stale_trial_callback = heartbeat_stale_trial_callback
+
+    def record_heartbeat(self, trial_id: int) -> None:
+        with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):  # it ended between two beats
+            self.set_trial_system_attr(trial_id, _HEARTBEAT_ATTR, time.time())
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        now = time.time()
+        return [t._trial_id for t in self.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,))
+                if now - _last_beat(t) > self.grace_period]
+
+    def get_heartbeat_interval(self) -> int:
+        return self.heartbeat_interval
+
+    def get_heartbeat_stale_trial_callback(self) -> Any:
+        return self.heartbeat_stale_trial_callback
+
+
+def _last_beat(trial: FrozenTrial) -> float:
+    """The time of ``trial``'s last heartbeat; its start for one that never beat (killed before its first beat, or
+    run by an SPSearch without the journal heartbeat)."""
+    beat = trial.system_attrs.get(_HEARTBEAT_ATTR)
+    if beat is not None:
+        return float(beat)
+    return trial.datetime_start.timestamp() if trial.datetime_start is not None else time.time()
+
+
 def _with_driver(url: str) -> str:
     """``postgresql://`` -> ``postgresql+psycopg2://`` where only psycopg2 is installed.
 
@@ -137,7 +200,7 @@ def _with_driver(url: str) -> str:
 
 
 def open_storage(spec: StorageSpec, *, must_exist: bool = False) -> BaseStorage:
-    """Open (and for RDB URLs connect to) the storage, with the heartbeat on RDB storages.
+    """Open (and for RDB URLs connect to) the storage, with a heartbeat that re-queues the trials of dead workers.
 
     Args:
         spec: Where the study lives.
@@ -155,10 +218,10 @@ def open_storage(spec: StorageSpec, *, must_exist: bool = False) -> BaseStorage:
             raise ConfigError(f'cannot open storage {spec.display()}: folder {file.parent} does not exist')
         file.parent.mkdir(parents=True, exist_ok=True)
     if spec.kind == 'journal':
-        from optuna.storages.journal import JournalFileBackend, JournalStorage
+        from optuna.storages.journal import JournalFileBackend
         try:
             _check_journal(file)
-            return JournalStorage(JournalFileBackend(str(file)))
+            return JournalHeartbeatStorage(JournalFileBackend(str(file)), heartbeat_stale_trial_callback=requeue)
         except OSError as e:
             raise ConfigError(f'cannot open storage {spec.display()}: {e.strerror or e}') from None
         except (ValueError, KeyError, TypeError) as e:  # the log is replayed on opening: a line that is not JSON
@@ -232,9 +295,9 @@ def requeue(study: optuna.Study, trial: FrozenTrial | optuna.Trial) -> None:
 def recover_orphans(study: optuna.Study, trials: Iterable[FrozenTrial] | None = None) -> list[int]:
     """Fail and re-queue RUNNING trials whose worker on this host is gone; return their numbers.
 
-    A trial whose worker runs on another host is left to the RDB heartbeat (or, on a journal
-    file, to a worker started on that host). Two workers recovering at once cannot both
-    re-queue a trial: only the one whose state change succeeds does.
+    A trial whose worker runs on another host is left to the heartbeat (``fail_stale_trials``).
+    Two workers recovering at once cannot both re-queue a trial: only the one whose state change
+    succeeds does.
     """
     storage = study._storage
     recovered = []

@@ -28,7 +28,7 @@ import optuna
 from optuna.trial import TrialState
 
 from ..errors import ConfigError
-from ..io import atomic_write_yaml, check_output_folder
+from ..io import FolderLock, atomic_write_yaml, check_output_folder, lock_folder
 from ..provenance import mask_secrets
 from ..space import SearchSpace
 from .budgets import (
@@ -95,6 +95,7 @@ class OpenStudy:
         notes: Lines worth telling the user (a budget that constrains nothing, a parallel SQLite worker, ...).
         protocol: The latency protocol, when candidates get a latency (``search`` only).
         latency_cache: Its cache in the output folder.
+        lock: This process' hold on the output folder (``close`` gives it up).
     """
 
     cfg: SearchConfig
@@ -105,6 +106,13 @@ class OpenStudy:
     notes: list[str] = field(default_factory=list)
     protocol: dict[str, Any] | None = None
     latency_cache: LatencyCache | None = None
+    lock: FolderLock | None = None
+
+    def close(self) -> None:
+        """Give up the output folder (the study stays readable)."""
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
 
     def trials(self) -> list[optuna.trial.FrozenTrial]:
         """The study's trials now (no deep copy)."""
@@ -206,10 +214,23 @@ def open_search(cfg: SearchConfig, *, log: Any = print, command: str | None = No
     output = check_output_folder(cfg.output_dir)
     spec = StorageSpec(cfg.storage, output)
     storage, names = _study_names(spec, must_exist=cfg.resume)
-    exists = cfg.study_name in names
-    if cfg.resume and not exists:
+    if cfg.resume and cfg.study_name not in names:
         raise ConfigError(f'no study named {cfg.study_name!r} in {spec.display()}{_holds(names)}; pass --study NAME, '
                           f'or drop --resume to start it')
+    # the storage is checked (opening a new default SQLite file made the folder; parallel openings are safe): from
+    # here on this process owns the output folder, or stops naming its owner before it changes anything
+    lock = _own(output, spec)
+    try:
+        return _open_search(cfg, space, notes, protocol, output, spec, storage, cfg.study_name in names, lock, command)
+    except BaseException:
+        lock.release()
+        raise
+
+
+def _open_search(cfg: SearchConfig, space: SearchSpace, notes: list[str], protocol: dict[str, Any] | None,
+                 output: Path, spec: StorageSpec, storage: optuna.storages.BaseStorage, exists: bool,
+                 lock: FolderLock, command: str | None) -> OpenStudy:
+    """``open_search`` once the settings are checked and the output folder is held: open or create the study."""
     identity = {'space': space.to_dict(), **cfg.identity()}
     existing_trials, others_live, adopt = 0, False, False
     if exists:
@@ -259,7 +280,21 @@ def open_search(cfg: SearchConfig, *, log: Any = print, command: str | None = No
                      'or PostgreSQL/MySQL (--storage postgresql://...)')
     atomic_write_yaml(output / 'search.yaml', _public(cfg))
     cache = LatencyCache(output / 'latency_cache.json') if protocol is not None else None
-    return OpenStudy(cfg, space, spec, study, output, notes, protocol, cache)
+    return OpenStudy(cfg, space, spec, study, output, notes, protocol, cache, lock)
+
+
+def _own(output: Path, spec: StorageSpec) -> FolderLock:
+    """This process' hold on the search's output folder: one process writes a folder's reports and retrains.
+
+    Parallel workers of one study share its storage, each with its own ``--output``.
+
+    Raises:
+        ConfigError: If another process holds the folder (naming it, and how a parallel worker is started).
+    """
+    shared = spec.url if spec.kind == 'journal' else spec.display()
+    if spec.is_sqlite and spec.file is not None and spec.file.parent.resolve() == output.resolve():
+        shared = str(spec.file)
+    return lock_folder(output, fix=f' (a parallel worker of this study: --storage {shared} with its own --output)')
 
 
 def _initialise(storage: optuna.storages.BaseStorage, study: optuna.Study, space: SearchSpace, cfg: SearchConfig,
@@ -328,4 +363,5 @@ def open_existing(cfg: SearchConfig) -> OpenStudy:
         cfg = SearchConfig.from_dict({**stored, **{k: mine[k] for k in _THIS_RUN}, 'study': cfg.study_name},
                                      source=f'the stored configuration of study {cfg.study_name!r}')
     space, notes = _space(cfg)
-    return OpenStudy(cfg, space, spec, study, Path(cfg.output_dir), notes)
+    output = Path(cfg.output_dir)
+    return OpenStudy(cfg, space, spec, study, output, notes, lock=_own(output, spec))

@@ -37,7 +37,7 @@ from ..data import Loaders, create_loaders, dataset_info
 from ..data.factory import DEFAULT_CROP_PCT, small_image_recipe
 from ..data.transforms import resolve_stats
 from ..errors import ConfigError
-from ..io import atomic_write_json, atomic_write_text, atomic_write_yaml, check_output_folder
+from ..io import FolderLock, atomic_write_json, atomic_write_text, atomic_write_yaml, check_output_folder, lock_folder
 from ..provenance import provenance
 from ..timing import process_peak_memory_mb
 from .checkpoint import (
@@ -437,6 +437,7 @@ class _Run:
         self.callback = epoch_callback
         self.main = accelerator.is_main_process
         self.out = check_output_folder(cfg.output) if cfg.output else None
+        self.lock: FolderLock | None = None
 
     def log(self, text: str) -> None:
         if self.main and self.cfg.progress:
@@ -461,6 +462,8 @@ class _Run:
             process_index=acc.process_index, num_processes=acc.num_processes)
         self.hist = (CheckpointHistory(self.out, cfg.checkpoint_hist) if self.out is not None and cfg.checkpoint_hist
                      and cfg.save_checkpoints else None)
+        if self.out is not None and self.main:  # one process per run folder, from here until the run ends
+            self.lock = lock_folder(self.out)
         self.resume_state = self._find_resume_state()
         self._check_output_folder()
 
@@ -845,8 +848,12 @@ def train(cfg: TrainConfig, *, accelerator: Any = None, epoch_callback: EpochCal
         if cfg.evaluate_only:
             return _evaluate_only(cfg, accelerator)
         run = _Run(cfg, accelerator, epoch_callback)
-        run.setup()
-        return run.run()
+        try:
+            run.setup()
+            return run.run()
+        finally:
+            if run.lock is not None:
+                run.lock.release()
     finally:
         if owned:
             accelerator.end_training()  # finishes the trackers, tears a process group down
