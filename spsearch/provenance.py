@@ -22,13 +22,16 @@ _PACKAGES = ('torch', 'timm', 'thop', 'optuna', 'accelerate', 'nvidia-dali-cuda1
 _ROOT = Path(__file__).resolve().parent.parent
 
 
-_URL_PASSWORD = re.compile(r'(://[^:/@\s]+):[^@\s]*@')
-_QUERY_PASSWORD = re.compile(r'([?&](?:password|passwd|pwd)=)[^&\s]*', re.IGNORECASE)
+# user (possibly empty) : password @ host; the password runs to the last '@' before the path, so an unencoded
+# '@' in it is masked too; a shell quote around the URL is never taken into it
+_URL_PASSWORD = re.compile(r'''(://[^:/@\s'"]*):[^\s'"/]*@''')
+_QUERY_PASSWORD = re.compile(r'''([?&](?:password|passwd|pwd)=)[^&\s'"]*''', re.IGNORECASE)
 
 
 def mask_secrets(text: str) -> str:
-    """``text`` with every URL password masked: ``postgresql://user:pw@host/db`` -> ``postgresql://user:***@host/db``,
-    ``...?password=pw`` -> ``...?password=***``. Used on everything written (search.yaml, study attributes, logs)."""
+    """``text`` with every URL password masked: ``postgresql://user:pw@host/db`` -> ``postgresql://user:***@host/db``
+    (also ``://:pw@host`` and a password holding ``@``), ``...?password=pw`` -> ``...?password=***`` (a quoted URL
+    keeps its closing quote). Used on everything written (search.yaml, study attributes, logs)."""
     return _QUERY_PASSWORD.sub(r'\1***', _URL_PASSWORD.sub(r'\1:***@', text))
 
 
