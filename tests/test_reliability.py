@@ -95,6 +95,15 @@ def test_storage_passwords_are_masked_in_every_url_form():
     assert mask_secrets('https://host:8080/path') == 'https://host:8080/path'
 
 
+def test_a_driver_message_that_echoes_part_of_a_password_is_redacted():
+    from spsearch.provenance import redact
+    url = 'postgresql://u:p@s3cr3t@127.0.0.1:9/db'  # psycopg2 takes 's3cr3t@127.0.0.1' as the host
+    assert redact('could not translate host name "s3cr3t@127.0.0.1" to address', url) == \
+        'could not translate host name "***@127.0.0.1" to address'
+    assert redact('password=pw2x rejected', 'postgresql://h/db?password=pw2x') == 'password=*** rejected'
+    assert redact('connection refused', 'sqlite:///a.db') == 'connection refused'
+
+
 def test_only_a_full_run_writes_the_report(tmp_path, monkeypatch):
     monkeypatch.setattr(tool, 'run_all', lambda cases: [(c, [], '', 0.0) for c in cases])
     assert tool.main(['--fresh', '-k', 'audit-', '--output', str(tmp_path / 'r.md')]) == 0

@@ -29,6 +29,7 @@ import pickle
 import random
 import re
 import resource
+import shlex
 import shutil
 import signal
 import subprocess
@@ -910,8 +911,9 @@ def two_trains_one_output(tmp: Path) -> list[str]:
 
 def search_killed_in_retrain(tmp: Path) -> list[str]:
     """kill -9 of search.py while it retrains a finalist: its train.py child does not live on."""
-    argv = (*SEARCH[:-6], '--retrain-top', '1', '--retrain-seeds', '1', '--retrain-epochs', '3', '--no-progress',
-            '--budget-gflops', '0.03', '--n-trials', '2', '--output', '{out}')
+    retrain_top = SEARCH.index('--retrain-top')
+    argv = (*SEARCH[:retrain_top], *SEARCH[retrain_top + 2:], '--retrain-top', '1', '--retrain-seeds', '1',
+            '--retrain-epochs', '3', '--output', '{out}')
     proc = start('search.py', argv, tmp)
 
     def children() -> list[int]:
@@ -1003,10 +1005,14 @@ def secret_in_written_reports(tmp: Path) -> list[str]:
     leaked = [str(p.relative_to(tmp)) for p in tmp.rglob('*') if p.is_file() and SECRET.encode() in p.read_bytes()]
     if leaked:
         problems.append(f'the password is written in {", ".join(leaked)}')
-    for written in ('search.yaml', 'summary.md'):
-        path = tmp / 'out' / written
-        if path.exists() and path.read_text().count("'") % 2:
-            problems.append(f'{written}: the masked command line has an unbalanced quote')
+    summary = tmp / 'out' / 'summary.md'
+    commands = [line for line in summary.read_text().splitlines() if line.startswith('- Command: `')] \
+        if summary.exists() else []
+    try:
+        for line in commands:
+            shlex.split(line[len('- Command: `'):].rstrip('`'))
+    except ValueError as e:
+        problems.append(f'summary.md: the masked command line no longer parses as a shell line ({e})')
     return problems
 
 
