@@ -59,13 +59,15 @@ def _md(text: str) -> str:
     return text.replace('|', '\\|').replace('\n', ' ')
 
 
-def report(results: list[tuple[rc.Case, list[str], str, float]], seconds: float) -> str:
+def report(results: list[tuple[rc.Case, list[str], str, float]], seconds: float, fresh: bool = False) -> str:
     """The markdown of ``results/reliability.md``."""
     from spsearch.provenance import markdown_header
     out = [markdown_header('Reliability: bad inputs, fault injection and security checks'), '']
     kinds = rc.sandbox_kind()
-    out += [f'Every case below ran as a subprocess of the repository\'s CLIs, sequentially, with one thread each, '
-            f'in {seconds / 60:.1f} min. A bad input is handled when the command exits 2 with exactly one line '
+    how = ('each in a fresh interpreter (--fresh)' if fresh else 'forked from one process that had imported torch, '
+           'timm, optuna, accelerate and spsearch once (signal and kill scenarios: fresh interpreters)')
+    out += [f'Every case below ran as a subprocess of the repository\'s CLIs ({how}), sequentially, with one thread '
+            f'each, in {seconds / 60:.1f} min. A bad input is handled when the command exits 2 with exactly one line '
             f'`error: ...` naming the problem, prints no `Traceback` and writes nothing; a fault is survived when '
             f'the command ends as its row says (130 and one line naming `--resume` for Ctrl-C, 1 and one line for a '
             f'runtime failure such as a full disk) and the work resumes; a security check passes when nothing '
@@ -123,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f'{FIGURE[table]}: {sum(1 for r in rows if not r[1])}/{len(rows)}')
     if len(cases) == len(rc.CASES):
         from spsearch.io import atomic_write_text
-        atomic_write_text(args.output, report(results, seconds))
+        atomic_write_text(args.output, report(results, seconds, args.fresh))
         print(f'wrote {args.output} ({seconds / 60:.1f} min)')
     return 0 if all(not r[1] for r in results) else 1
 
