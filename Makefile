@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.spsearch-installed
 ARGS ?=
 
-.PHONY: setup search test test-slow test-all lint typecheck pytest paper-costs model-complexity proxy-fidelity gpu-check gpu-wheels
+.PHONY: setup search test test-slow test-all lint typecheck pytest paper-costs model-complexity proxy-fidelity reliability gpu-check gpu-wheels
 
 $(STAMP): setup.cfg pyproject.toml scripts/setup.sh scripts/fetch_fashion_mnist.sh
 	PYTHON=$(PYTHON) VENV=$(VENV) scripts/setup.sh
@@ -46,6 +46,11 @@ model-complexity: $(STAMP)
 # results/proxy_fidelity.md: hours on a 2-core CPU; resumes, so ARGS="--max-minutes 90" spreads it over runs.
 proxy-fidelity: $(STAMP)
 	$(PY) tools/proxy_fidelity.py --jobs 2 $(ARGS)
+
+# results/reliability.md: every bad input, fault-injection scenario and security check of tools/reliability_cases.py,
+# each as a subprocess of the CLIs (about 10 min on 2 cores); ARGS="--fast" or ARGS="-k NAME" runs a part (no file).
+reliability: $(STAMP)
+	$(PY) tools/reliability.py $(ARGS)
 
 # Every check that needs a CUDA GPU (tools/gpu_check.py): results/gpu_check.md. Without a GPU: one line,
 # exit 0. On the GPU machine (no registry) it uses python3 there and what `make gpu-wheels` prepared to carry:

@@ -37,7 +37,7 @@ import timm_plugins  # noqa: F401  (registers the SP models)
 from spsearch.cli import CliError, parse_kwargs, run_cli
 from spsearch.cost import UnsupportedModuleError, analytic_count
 from spsearch.cost.latency import make_step, prepare_model
-from spsearch.io import atomic_write_text
+from spsearch.io import atomic_write_text, check_output_folder
 from spsearch.ops import SPCONV_IMPLS, autotune, set_spconv_impl
 from spsearch.provenance import markdown_header, provenance
 from spsearch.timing import peak_memory_mb, summarize, time_interleaved
@@ -279,14 +279,21 @@ def main(argv: list[str] | None = None) -> int:
     if args.memory_probe:
         print(json.dumps({'peak_mem_mb': _memory_in_this_process(json.loads(args.memory_probe))}))
         return 0
+    for flag in ('warmup', 'repeats', 'memory_repeats', 'threads', 'img_size', 'num_classes'):
+        value, least = getattr(args, flag), 0 if flag == 'warmup' else 1
+        if value is not None and value < least:
+            raise CliError(f'--{flag.replace("_", "-")} {value} is invalid: it must be >= {least}')
+    if any(b < 1 for b in args.batch_size):
+        raise CliError('--batch-size values must be >= 1')
+    check_output_folder(args.csv_dir, '--csv-dir')
+    if args.report:
+        if Path(args.report).is_dir():
+            raise CliError(f'--report {args.report} is a folder; give a markdown file in it, e.g. '
+                           f'{Path(args.report) / "bench.md"}')
+        check_output_folder(Path(args.report).parent, '--report\'s folder')
     if args.threads:
         torch.set_num_threads(args.threads)
     set_malloc(args.malloc)
-    for flag in ('warmup', 'repeats', 'memory_repeats'):
-        if getattr(args, flag) < (0 if flag == 'warmup' else 1):
-            raise CliError(f'--{flag.replace("_", "-")} must be >= {0 if flag == "warmup" else 1}')
-    if any(b < 1 for b in args.batch_size):
-        raise CliError('--batch-size values must be >= 1')
     try:
         device = torch.device(args.device)
     except RuntimeError:

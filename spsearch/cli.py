@@ -11,7 +11,7 @@ from typing import Any, NoReturn
 
 import yaml
 
-from .errors import SPSearchError
+from .errors import MachineError, SPSearchError
 
 __all__ = ['ArgumentParser', 'CliError', 'load_yaml_config', 'option_values', 'parse_kwargs', 'parse_with_config',
            'prog_name', 'run_cli']
@@ -34,12 +34,24 @@ def prog_name(script: str, module: str) -> str:
 
 
 def run_cli(main: Callable[[], int | None]) -> int:
-    """Run ``main``; any ``SPSearchError`` (CLI misuse, bad config or data) becomes one line and exit code 2."""
+    """Run ``main``; any ``SPSearchError`` (CLI misuse, bad config or data) becomes one line and exit code 2, a
+    failure of the machine (a full disk, a quota, a file-size limit: ``MachineError`` or such an ``OSError``) one
+    line and exit code 1, Ctrl-C one line and exit code 130."""
+    from .io import DISK_ERRNOS, disk_failure
     try:
         return main() or 0
     except SPSearchError as e:
         print(f'error: {e}', file=sys.stderr)
         return 2
+    except MachineError as e:
+        print(f'error: {e}', file=sys.stderr)
+        return 1
+    except OSError as e:
+        failure = disk_failure(e, e.filename) if e.errno in DISK_ERRNOS else None
+        if failure is None:
+            raise
+        print(f'error: {failure}', file=sys.stderr)
+        return 1
     except KeyboardInterrupt as e:
         print(f'interrupted: {e}' if str(e) else 'interrupted', file=sys.stderr)
         return 130

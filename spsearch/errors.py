@@ -1,7 +1,8 @@
-"""Exceptions for user errors. The CLIs print them as one line and exit with code 2."""
+"""Exceptions the CLIs print as one line: user errors (exit code 2), failures of the machine such as a full disk
+(exit code 1) and Ctrl-C (exit code 130)."""
 from __future__ import annotations
 
-__all__ = ['ConfigError', 'DataError', 'Interrupted', 'SPSearchError']
+__all__ = ['ConfigError', 'DataError', 'Interrupted', 'MachineError', 'SPSearchError']
 
 
 class SPSearchError(Exception):
@@ -17,6 +18,14 @@ class ConfigError(SPSearchError, ValueError):
 
 class DataError(SPSearchError, ValueError):
     """A data set that is missing, empty, truncated or otherwise unreadable."""
+
+
+class MachineError(Exception):
+    """A failure of the machine rather than of the input: a full disk, a quota, a file-size limit, a file system
+    that became read-only.
+
+    The CLIs print ``error: <message>`` (what could not be written, and what to do) and exit with code 1.
+    """
 
 
 class Interrupted(KeyboardInterrupt):

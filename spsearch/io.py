@@ -6,6 +6,7 @@ A folder a run writes in is owned by one process at a time (``lock_folder``: an 
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import socket
@@ -22,11 +23,15 @@ _UMASK = os.umask(0o022)
 os.umask(_UMASK)
 
 __all__ = ['LOCK_FILE', 'FolderLock', 'atomic_write', 'atomic_write_bytes', 'atomic_write_json', 'atomic_write_text',
-           'atomic_write_yaml', 'check_output_folder', 'lock_folder']
+           'atomic_write_yaml', 'check_output_folder', 'disk_failure', 'lock_folder']
 
 LOCK_FILE = '.lock'
 """The file in a run or search folder whose OS lock says which process owns the folder (never deleted: removing a
 lock file lets a third process lock a new file while the second still holds the old one)."""
+
+DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS})
+"""Write failures of the machine, not of the program: full disk, quota, file-size limit, read-only file system."""
+_PROBE_BYTES = 1 << 20
 
 
 def check_output_folder(path: str | os.PathLike[str], flag: str = '--output') -> Path:
@@ -64,9 +69,15 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[str], None]) -> 
         ``path`` as a ``Path``.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
-    os.close(fd)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
+        os.close(fd)
+    except OSError as e:
+        failure = disk_failure(e, path)
+        if failure is None:
+            raise
+        raise failure from e
     try:
         write(tmp)
         # mkstemp makes it 0600 (and some writers, safetensors' save_file, recreate it so): the file gets the
@@ -75,11 +86,60 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[str], None]) -> 
         with open(tmp, 'rb') as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
+        written = os.path.getsize(tmp) if os.path.exists(tmp) else 0
         if os.path.exists(tmp):
             os.unlink(tmp)
+        failure = disk_failure(e, path, probe_bytes=written) if isinstance(e, Exception) else None
+        if failure is not None:
+            raise failure from e
         raise
     return path
+
+
+def disk_failure(error: BaseException, path: str | os.PathLike[str] | None, probe_bytes: int | None = None
+                 ) -> Exception | None:
+    """A ``MachineError`` (one line, exit code 1) if writing ``path`` failed because of the machine, else None.
+
+    An ``OSError`` says so by its errno (``DISK_ERRNOS``). Other writers hide it (``torch.save`` raises a
+    ``RuntimeError`` with no errno): when ``probe_bytes`` is given, a probe file of at least that many bytes
+    (and 1 MiB) is written next to ``path`` and removed, and its ``OSError`` decides.
+
+    Args:
+        error: What the write raised.
+        path: The file that was being written (``None``: unknown, no probe).
+        probe_bytes: How far the failed write got, in bytes (``None``: do not probe).
+    """
+    from .errors import MachineError
+    cause = error if isinstance(error, OSError) and error.errno in DISK_ERRNOS else None
+    folder = Path(path).parent if path is not None else None
+    if cause is None and folder is not None and probe_bytes is not None and not isinstance(error, OSError):
+        cause = _probe(folder, max(probe_bytes + 1, _PROBE_BYTES))
+    if cause is None:
+        return None
+    where = f'{path}: ' if path is not None else ''
+    return MachineError(f'cannot write {where}{os.strerror(cause.errno or errno.EIO)}; free space '
+                        f'{f"in {folder} " if folder is not None else ""}(or write elsewhere), then run the command '
+                        f'again (train.py and search.py continue with --resume)')
+
+
+def _probe(folder: Path, size: int) -> OSError | None:
+    try:
+        fd, probe = tempfile.mkstemp(prefix='.probe.', dir=folder)
+    except OSError as e:
+        return e if e.errno in DISK_ERRNOS else None
+    try:
+        block = bytes(min(size, 1 << 20))
+        left = size
+        while left > 0:
+            left -= os.write(fd, block[:left])
+        os.fsync(fd)
+    except OSError as e:
+        return e if e.errno in DISK_ERRNOS else None
+    finally:
+        os.close(fd)
+        os.unlink(probe)
+    return None
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:

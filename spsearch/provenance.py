@@ -16,20 +16,39 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-__all__ = ['command_line', 'git_commit', 'machine', 'markdown_header', 'mask_secrets', 'provenance', 'versions']
+__all__ = ['command_line', 'git_commit', 'machine', 'markdown_header', 'mask_secrets', 'provenance', 'redact',
+           'versions']
 
 _PACKAGES = ('torch', 'timm', 'thop', 'optuna', 'accelerate', 'nvidia-dali-cuda130', 'nvidia-dali-cuda120')
 _ROOT = Path(__file__).resolve().parent.parent
 
 
-_URL_PASSWORD = re.compile(r'(://[^:/@\s]+):[^@\s]*@')
-_QUERY_PASSWORD = re.compile(r'([?&](?:password|passwd|pwd)=)[^&\s]*', re.IGNORECASE)
+# user (possibly empty) : password @ host; the password runs to the last '@' before the path, so an unencoded
+# '@' in it is masked too; a shell quote around the URL is never taken into it
+_URL_PASSWORD = re.compile(r'''(://[^:/@\s'"]*):[^\s'"/]*@''')
+_QUERY_PASSWORD = re.compile(r'''([?&](?:password|passwd|pwd)=)[^&\s'"]*''', re.IGNORECASE)
 
 
 def mask_secrets(text: str) -> str:
-    """``text`` with every URL password masked: ``postgresql://user:pw@host/db`` -> ``postgresql://user:***@host/db``,
-    ``...?password=pw`` -> ``...?password=***``. Used on everything written (search.yaml, study attributes, logs)."""
+    """``text`` with every URL password masked: ``postgresql://user:pw@host/db`` -> ``postgresql://user:***@host/db``
+    (also ``://:pw@host`` and a password holding ``@``), ``...?password=pw`` -> ``...?password=***`` (a quoted URL
+    keeps its closing quote). Used on everything written (search.yaml, study attributes, logs)."""
     return _QUERY_PASSWORD.sub(r'\1***', _URL_PASSWORD.sub(r'\1:***@', text))
+
+
+def redact(text: str, url: str) -> str:
+    """``text`` (a driver's error message, say) with every piece of ``url``'s password removed, then masked.
+
+    A driver that parsed the URL differently (``postgresql://u:p@ss@host``: host ``ss@host``) echoes part of the
+    password in its own words; every ``@``-separated piece of it is replaced by ``***``.
+    """
+    secrets = [m.group(0)[len(m.group(1)) + 1:-1] for m in _URL_PASSWORD.finditer(url)]
+    secrets += [m.group(0)[len(m.group(1)):] for m in _QUERY_PASSWORD.finditer(url)]
+    for secret in secrets:
+        for piece in sorted({secret, *secret.split('@')}, key=len, reverse=True):
+            if len(piece) >= 2:
+                text = text.replace(piece, '***')
+    return mask_secrets(text)
 
 
 def command_line(argv: list[str] | None = None) -> str:

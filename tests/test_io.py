@@ -98,3 +98,49 @@ def test_one_process_may_hold_a_folder_twice_and_releases_each_hold(tmp_path):
     assert not _another_process_can_take(folder)
     second.release()
     assert _another_process_can_take(folder)
+
+
+def test_a_full_disk_is_a_machine_error_and_a_bug_stays_a_bug(tmp_path, monkeypatch):
+    """ENOSPC (or a writer that hides it behind another exception, as torch.save does, seen by a probe write) is a
+    one-line MachineError naming the file and what to do; an exception on a healthy disk is raised unchanged."""
+    import errno
+
+    import spsearch.io as io
+    from spsearch.errors import MachineError
+
+    def no_space(tmp: str) -> None:
+        raise OSError(errno.ENOSPC, 'No space left on device')
+
+    def hidden(tmp: str) -> None:
+        raise RuntimeError('[enforce fail at inline_container.cc:672] . unexpected pos 248128 vs 248024')
+
+    with pytest.raises(MachineError, match=r'cannot write .*w\.pth: No space left on device; free space in .*--resume'):
+        atomic_write(tmp_path / 'w.pth', no_space)
+    with pytest.raises(RuntimeError, match='unexpected pos'):  # the disk has room: not the machine's fault
+        atomic_write(tmp_path / 'w.pth', hidden)
+    monkeypatch.setattr(io, '_probe', lambda folder, size: OSError(errno.EFBIG, 'File too large'))
+    with pytest.raises(MachineError, match='File too large'):
+        atomic_write(tmp_path / 'w.pth', hidden)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_run_cli_gives_one_line_and_exit_1_for_a_full_disk_and_130_for_ctrl_c(capsys):
+    import errno
+
+    from spsearch.cli import run_cli
+    from spsearch.errors import Interrupted
+
+    def full() -> int:
+        raise OSError(errno.ENOSPC, 'No space left on device', '/data/run/log.csv')
+
+    def stopped() -> int:
+        raise Interrupted('the last finished epoch is saved in x/last.pth; continue with --resume')
+
+    assert run_cli(full) == 1
+    err = capsys.readouterr().err
+    assert err.count('\n') == 1 and err.startswith('error: cannot write /data/run/log.csv: No space left on device')
+    assert run_cli(stopped) == 130
+    assert capsys.readouterr().err == 'interrupted: the last finished epoch is saved in x/last.pth; continue with ' \
+                                      '--resume\n'
+    with pytest.raises(OSError, match='Permission denied'):  # not a machine failure: a bug or a check missed
+        run_cli(lambda: (_ for _ in ()).throw(PermissionError(errno.EACCES, 'Permission denied')))

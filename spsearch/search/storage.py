@@ -30,7 +30,7 @@ from optuna.storages.journal import BaseJournalBackend, JournalStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from ..errors import ConfigError
-from ..provenance import mask_secrets
+from ..provenance import mask_secrets, redact
 from .record import TrialRecord
 
 __all__ = [
@@ -249,7 +249,7 @@ def open_storage(spec: StorageSpec, *, must_exist: bool = False) -> BaseStorage:
                 time.sleep(1 + attempt)  # another worker is creating the tables right now; they exist next time
                 continue
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise ConfigError(f'cannot reach storage {spec.display()}: {first[:300]}') from None
+            raise ConfigError(f'cannot reach storage {spec.display()}: {redact(first, spec.url)[:300]}') from None
     raise AssertionError('unreachable')
 
 

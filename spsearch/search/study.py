@@ -187,11 +187,19 @@ def _identity_diff(stored: dict[str, Any], now: dict[str, Any], prefix: str = ''
 
 
 def _check_dataset(cfg: SearchConfig) -> None:
-    """Fail now (one line) if the proxy data set is missing, not after the study was opened."""
+    """Fail now (one line) if the proxy data set is missing, truncated or smaller than one batch, or the model
+    cannot take the proxy size: not inside trial 0, after the study was opened (a failed baseline and Optuna's
+    traceback)."""
     from ..data import dataset_info
+    from ..data.datasets import load_fashion_mnist
+    from ..data.sampling import train_batches
     from ..train.loop import check_input_size
-    info = dataset_info(cfg.proxy_train_config().data)
-    check_input_size(cfg.proxy_train_config(), info.num_classes, '--proxy-img-size')
+    train = cfg.proxy_train_config()
+    info = dataset_info(train.data)
+    if info.name == 'fashion-mnist' and info.root is not None:
+        load_fashion_mnist(info.root)  # the payloads, not only the headers (cached: trial 0 reads them from memory)
+    train_batches(info.num_train, train.data.batch_size, 1)
+    check_input_size(train, info.num_classes, '--proxy-img-size')
 
 
 def open_search(cfg: SearchConfig, *, log: Any = print, command: str | None = None) -> OpenStudy:

@@ -5,10 +5,13 @@ The flags are ``TrainConfig``'s options (``spsearch.options``); ``EXAMPLES`` is 
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from datetime import datetime
+from pathlib import Path
 
 from ..cli import ArgumentParser, CliError, option_values, parse_with_config, prog_name, run_cli
+from ..errors import Interrupted
 from ..options import add_arguments
 from .config import TrainConfig
 from .timm_args import from_timm
@@ -88,7 +91,12 @@ def main(argv: list[str] | None = None) -> int:
     cfg = resolve_config(argv)
     from .loop import train
 
-    result = train(cfg)
+    try:
+        result = train(cfg)
+    except Interrupted:
+        raise
+    except KeyboardInterrupt:
+        raise interrupted(cfg, list(sys.argv[1:] if argv is None else argv)) from None
     from accelerate import PartialState
     main_process = PartialState().is_main_process  # under accelerate launch every process returns here
     if result.stopped_by == 'nonfinite':
@@ -100,6 +108,18 @@ def main(argv: list[str] | None = None) -> int:
     print(result.message + (f'; best top1 {result.best_top1:.2f} (epoch {result.best_epoch})' if result.history
                             and not cfg.evaluate_only else '') + (f'; output {result.output}' if result.output else ''))
     return 0
+
+
+def interrupted(cfg: TrainConfig, argv: list[str]) -> Interrupted:
+    """Ctrl-C during a run: one line saying what was kept and the command that continues it."""
+    last = Path(cfg.output) / 'last.pth' if cfg.output and cfg.output.lower() != 'none' else None
+    if last is None or not last.exists() or cfg.evaluate_only:
+        return Interrupted('before the first epoch was saved; nothing to resume: run the command again')
+    again = ' '.join(shlex.quote(a) for a in argv if a != '--resume')
+    if not any(a == '--output' or a.startswith('--output=') for a in argv):
+        again += f' --output {shlex.quote(cfg.output or "")}'
+    return Interrupted(f'the last finished epoch is saved in {last}; continue with --resume (resumable): '
+                       f'{prog_name("train.py", "spsearch.train")} {again} --resume')
 
 
 if __name__ == '__main__':
