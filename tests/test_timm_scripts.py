@@ -63,3 +63,12 @@ def test_optuna_dashboard_serves_a_study_and_is_stopped(tmp_path):
     step = timm_scripts.dashboard_step(storage, tmp_path)
     assert step.code == 0, step.tail
     assert step.note.startswith('GET /api/studies -> 200: 1 study(ies) (tiny)')
+
+
+def test_a_flag_the_script_lacks_is_named(tmp_path):
+    script = tmp_path / 'benchmark.py'
+    script.write_text("parser.add_argument('--model', '-m')\n")
+    scripts = {'benchmark.py': script}
+    cmd = ['python', '-m', 'timm_plugins.run', str(script), '--model', 'm', '--device', 'cpu', '--model-kwargs', 'a=1']
+    assert timm_scripts.missing_flags(cmd, scripts) == ['--device', '--model-kwargs']
+    assert timm_scripts.missing_flags(['python', 'train.py', '--device', 'cpu'], scripts) == []

@@ -316,6 +316,15 @@ def shown(cmd: list[str], scripts_dir: Path, work: Path) -> str:
     return line.replace(str(scripts_dir), '$TIMM').replace(str(work), '$WORK').replace(str(ROOT) + '/', '')
 
 
+def missing_flags(cmd: list[str], scripts: dict[str, Path]) -> list[str]:
+    """The flags ``cmd`` passes to one of timm's ``scripts`` that the script does not define (an older version)."""
+    used = [path for path in scripts.values() if str(path) in cmd]
+    if not used:
+        return []
+    flags = script_flags(used[0])
+    return [flag for flag in FLAGS if flag in cmd and not flags[flag]]
+
+
 def render(steps: list[Step], facts: dict[str, Any], scripts: dict[str, Path], scripts_dir: Path, work: Path,
            source: str, prov: dict[str, Any]) -> str:
     """The report: header, the scripts' source and flags, a summary table, then each command with its output."""
@@ -334,7 +343,11 @@ def render(steps: list[Step], facts: dict[str, Any], scripts: dict[str, Path], s
                                                 'not installed here, so `tensorboard --logdir RUN` was not run'))
     lines += ['', '| step | exit | wall s | outcome |', '|---|---:|---:|---|']
     for step in steps:
-        outcome = (step.note or ('ok' if step.code == 0 else '')).replace('|', '\\|')
+        outcome = step.note or ('ok' if step.code == 0 else '')
+        lacking = missing_flags(step.cmd, scripts)
+        if step.code and lacking:
+            outcome += f' (this copy of the script predates {", ".join(lacking)}: older than the installed timm)'
+        outcome = outcome.replace('|', '\\|')
         lines.append(f'| {step.name} | {step.code} | {step.wall_s:.1f} | {outcome} |')
     for i, step in enumerate(steps, 1):
         lines += ['', f'## {i}. {step.name}', '', f'`{shown(step.cmd, scripts_dir, work)}`', '',
