@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.spsearch-installed
 ARGS ?=
 
-.PHONY: setup search test test-slow test-all lint typecheck pytest paper-costs model-complexity proxy-fidelity gpu-check gpu-wheels
+.PHONY: setup search test test-slow test-all lint typecheck pytest paper-costs model-complexity proxy-fidelity timm-scripts gpu-check gpu-wheels
 
 $(STAMP): setup.cfg pyproject.toml scripts/setup.sh scripts/fetch_fashion_mnist.sh
 	PYTHON=$(PYTHON) VENV=$(VENV) scripts/setup.sh
@@ -46,6 +46,12 @@ model-complexity: $(STAMP)
 # results/proxy_fidelity.md: hours on a 2-core CPU; resumes, so ARGS="--max-minutes 90" spreads it over runs.
 proxy-fidelity: $(STAMP)
 	$(PY) tools/proxy_fidelity.py --jobs 2 $(ARGS)
+
+# results/timm_scripts.md: timm's own train/validate/benchmark/inference.py (not in the timm wheel: TIMM_SCRIPTS is
+# a pytorch-image-models checkout of your timm's version), the Optuna CLI and dashboard, --log-with tensorboard.
+TIMM_SCRIPTS ?=
+timm-scripts: $(STAMP)
+	$(PY) tools/timm_scripts.py --timm-scripts "$(TIMM_SCRIPTS)" $(ARGS)
 
 # Every check that needs a CUDA GPU (tools/gpu_check.py): results/gpu_check.md. Without a GPU: one line,
 # exit 0. On the GPU machine (no registry) it uses python3 there and what `make gpu-wheels` prepared to carry:

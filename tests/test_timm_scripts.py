@@ -18,7 +18,8 @@ timm_scripts = load_script('timm_scripts_tool', ROOT / 'tools' / 'timm_scripts.p
 def test_a_folder_without_timms_scripts_is_one_line_and_nothing_is_written(tmp_path):
     (tmp_path / 'train.py').write_text('')
     report = tmp_path / 'report.md'
-    for folder, wanted in ((tmp_path / 'nope', 'is not a folder'), (tmp_path, 'has no validate.py, benchmark.py')):
+    for folder, wanted in ((tmp_path / 'nope', 'is not a folder'), (tmp_path, 'has no validate.py, benchmark.py'),
+                           ('', 'is empty')):
         done = subprocess.run([sys.executable, str(ROOT / 'tools' / 'timm_scripts.py'), '--timm-scripts', str(folder),
                                '--work-dir', str(tmp_path / 'work'), '--report', str(report)],
                               capture_output=True, text=True, cwd=tmp_path, timeout=120)

@@ -367,6 +367,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--work-dir', default='runs/timm_scripts', metavar='DIR', help='scratch folder')
     parser.add_argument('--report', default='results/timm_scripts.md', metavar='FILE')
     args = parser.parse_args(argv)
+    if not args.timm_scripts.strip():
+        raise CliError('--timm-scripts is empty: give the folder of a pytorch-image-models checkout of your '
+                       'timm\'s version (make timm-scripts TIMM_SCRIPTS=DIR)')
     scripts_dir = Path(args.timm_scripts).resolve()
     scripts = check_scripts(scripts_dir)
     prov = provenance()
