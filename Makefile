@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.spsearch-installed
 ARGS ?=
 
-.PHONY: setup search test test-slow test-all lint typecheck pytest paper-costs model-complexity proxy-fidelity reliability gpu-check gpu-wheels
+.PHONY: setup search test test-slow test-all lint typecheck pytest paper-costs model-complexity proxy-fidelity reliability timm-scripts gpu-check gpu-wheels
 
 $(STAMP): setup.cfg pyproject.toml scripts/setup.sh scripts/fetch_fashion_mnist.sh
 	PYTHON=$(PYTHON) VENV=$(VENV) scripts/setup.sh
@@ -51,6 +51,12 @@ proxy-fidelity: $(STAMP)
 # each as a subprocess of the CLIs (about 10 min on 2 cores); ARGS="--fast" or ARGS="-k NAME" runs a part (no file).
 reliability: $(STAMP)
 	$(PY) tools/reliability.py $(ARGS)
+
+# results/timm_scripts.md: timm's own train/validate/benchmark/inference.py (not in the timm wheel: TIMM_SCRIPTS is
+# a pytorch-image-models checkout of your timm's version), the Optuna CLI and dashboard, --log-with tensorboard.
+TIMM_SCRIPTS ?=
+timm-scripts: $(STAMP)
+	$(PY) tools/timm_scripts.py --timm-scripts "$(TIMM_SCRIPTS)" $(ARGS)
 
 # Every check that needs a CUDA GPU (tools/gpu_check.py): results/gpu_check.md. Without a GPU: one line,
 # exit 0. On the GPU machine (no registry) it uses python3 there and what `make gpu-wheels` prepared to carry:
