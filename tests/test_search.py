@@ -682,3 +682,24 @@ def test_the_pareto_plot_shows_every_trial_numbered_and_greys_pruned_and_over_bu
     reports.write_reports(opened)
     assert seen['numbers'] == [t.number for t in opened.study.get_trials()]
     assert 'pruned (last reported score)' in seen['labels'] and 'over budget / not trained (no score)' in seen['labels']
+
+
+def test_an_interrupted_search_writes_its_text_reports_even_when_a_plot_fails(tmp_path, monkeypatch):
+    """Ctrl-C can leave matplotlib half-way through a figure: the interruption's reports then come without plots
+    rather than without summary.md."""
+    import spsearch.search.reports as reports
+    import spsearch.search.run as run_module
+    calls = []
+
+    def broken_plot(*args, **kwargs):
+        calls.append(1)
+        raise RuntimeError('figure left half-drawn')
+
+    cfg = SearchConfig.from_dict({**TINY, 'output': str(tmp_path), 'n_trials': 1, 'retrain_top': 0})
+    opened = search(cfg)
+    assert opened is not None
+    (tmp_path / 'summary.md').unlink()
+    monkeypatch.setattr(reports, '_optuna_history', broken_plot)
+    error = run_module._interrupted(opened, 'during the search')
+    assert calls and (tmp_path / 'summary.md').exists() and (tmp_path / 'trials.csv').exists()
+    assert '--resume' in str(error)

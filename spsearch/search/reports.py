@@ -204,23 +204,30 @@ def _save(fig: Any, ax: Any, path: Path, xlabel: str, ylabel: str, title: str) -
     plt.close(fig)
 
 
-def write_reports(opened: OpenStudy, search_wall_s: float | None = None, total_wall_s: float | None = None
-                  ) -> dict[str, Any]:
-    """Write every report of an open study; return what was written (paths and the best trials)."""
+def write_reports(opened: OpenStudy, search_wall_s: float | None = None, total_wall_s: float | None = None,
+                  *, plots: bool = True) -> dict[str, Any]:
+    """Write every report of an open study; return what was written (paths and the best trials).
+
+    Args:
+        plots: Draw the plots (and the Pareto CSVs); False writes the text reports alone, leaving the files of the
+            plots as they are and ``summary.md`` without them (what an interrupted search writes when drawing
+            failed, so that its ``summary.md`` is never missing).
+    """
     trials = opened.trials()
     out, space, cfg = opened.output, opened.space, opened.cfg
     written: dict[str, Any] = {}
     atomic_write_text(out / 'trials.csv', csv_text(trial_rows(trials, space.num_stages)))
     written['trials'] = out / 'trials.csv'
-    written['pareto_gmacs'] = _pareto(opened, trials, 'gmacs', 'GMACs (1e9 multiply-accumulates) at '
-                                      + 'x'.join(map(str, space.input_size[1:])))
-    proto = opened.protocol or {}
-    written['pareto_latency'] = _pareto(
-        opened, trials, 'latency_ms',
-        f'latency (ms, median, batch {proto.get("batch_size", cfg.latency_batch_size)}, '
-        f'{proto.get("device", cfg.latency_device)})')
-    written['history'] = _optuna_history(opened, trials)
-    written['importances'] = _optuna_importances(opened, trials)
+    if plots:
+        written['pareto_gmacs'] = _pareto(opened, trials, 'gmacs', 'GMACs (1e9 multiply-accumulates) at '
+                                          + 'x'.join(map(str, space.input_size[1:])))
+        proto = opened.protocol or {}
+        written['pareto_latency'] = _pareto(
+            opened, trials, 'latency_ms',
+            f'latency (ms, median, batch {proto.get("batch_size", cfg.latency_batch_size)}, '
+            f'{proto.get("device", cfg.latency_device)})')
+        written['history'] = _optuna_history(opened, trials)
+        written['importances'] = _optuna_importances(opened, trials)
     best = best_trials(trials, 1, score=cfg.score)
     if best:
         t = best[0]

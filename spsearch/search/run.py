@@ -136,8 +136,11 @@ def _interrupted(opened: OpenStudy | None, when: str) -> Interrupted:
     """Ctrl-C: the reports of what finished, and one line saying how to continue."""
     if opened is None:
         return Interrupted(f'{when}, before the study was opened; nothing was written')
-    with contextlib.suppress(Exception):  # a report that cannot be written must not hide the interruption
+    try:
         write_reports(opened)
+    except Exception:  # e.g. a plot left half-drawn by the interruption: the text reports at least
+        with contextlib.suppress(Exception):  # a report that cannot be written must not hide the interruption
+            write_reports(opened, plots=False)
     finished = sum(1 for t in opened.study.get_trials(deepcopy=False) if t.state in FINISHED)
     return Interrupted(f'{when}; {finished}/{opened.cfg.n_trials} trials finished, reports in {opened.output}; '
                        f'continue with the same command and --resume (the interrupted trial or retrain runs again)')
