@@ -681,3 +681,31 @@ def test_imagefolder_augmentation_follows_the_image_size(tmp_path, loader):
     assert 'random-resized crop (area 0.08-1, ratio 0.75-1.33)' in large.reason
     with pytest.raises(ConfigError, match='--scale takes two numbers, low then high'):
         DataConfig(**base, scale=(1.0, 0.5))
+
+
+@pytest.mark.parametrize('loader', ['torch', pytest.param('dali', marks=pytest.mark.dali)])
+def test_small_image_pad_and_crop_shifts_the_image_by_at_most_the_padding(tmp_path, loader):
+    """The small-image recipe moves each image by whole pixels within the 1/8 padding: at most that many rows and
+    columns of fill per image, the rest of the picture kept (a DALI slice read in fractions of the image once
+    returned nearly blank images, and training on them stayed at chance)."""
+    if loader == 'dali':
+        pytest.importorskip('nvidia.dali')
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    for c in ('a', 'b'):
+        for i in range(4):
+            for split in ('train', 'val'):
+                path = tmp_path / split / c / f'{i}.png'
+                path.parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(rng.integers(40, 256, (24, 24, 3), dtype=np.uint8), 'RGB').save(path)
+    cfg = DataConfig('imagefolder', data_dir=str(tmp_path), loader=loader, batch_size=8,
+                     workers=0 if loader == 'torch' else 1)
+    loaders = create_loaders(cfg, input_size=(3, 24, 24), mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+    pad = 3  # 24 // 8
+    for epoch in range(3):
+        images, _ = batches(loaders.train, epoch)[0]
+        filled = (images == 0).all(dim=1)  # (N, H, W): pixels that are padding in every channel
+        rows, cols = filled.all(dim=2).sum(dim=1), filled.all(dim=1).sum(dim=1)
+        assert int(rows.max()) <= pad and int(cols.max()) <= pad, (rows.tolist(), cols.tolist())
+        assert int(filled.sum(dim=(1, 2)).max()) <= pad * 24 * 2, filled.sum(dim=(1, 2)).tolist()
+        assert float(images.mean()) > 40 / 255 * 0.7  # the picture, not the fill

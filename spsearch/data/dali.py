@@ -82,9 +82,10 @@ def _build_pipeline(files: Sequence[str], labels: Sequence[int], *, shard_id: in
             images = fn.decoders.image(encoded, device=decode_device, output_type=output_type)
             images = fn.resize(images, resize_x=width, resize_y=height, interp_type=types.DALIInterpType.INTERP_LINEAR)
             pad = crop_pad_for((height, width))  # the in-memory path's: a window shifted by up to pad whole pixels,
-            shift = fn.cast(fn.random.uniform(range=[-pad, pad + 1], shape=[2]), dtype=types.DALIDataType.INT32)
-            images = fn.slice(images, fn.cast(shift, dtype=types.DALIDataType.FLOAT), [float(width), float(height)],
-                              axis_names='WH', out_of_bounds_policy='pad', fill_values=0)  # zeros outside
+            shift = fn.random.uniform(values=[float(v) for v in range(-pad, pad + 1)], shape=[2])  # whole pixels
+            images = fn.slice(images, shift, [float(width), float(height)], axis_names='WH',
+                              normalized_anchor=False, normalized_shape=False,  # pixels, not fractions of the image
+                              out_of_bounds_policy='pad', fill_values=0)  # zeros outside
             mirror = fn.random.coin_flip(probability=0.5)
         elif train and augment:
             images = fn.decoders.image_random_crop(encoded, device=decode_device, output_type=output_type,
