@@ -23,7 +23,7 @@ _UMASK = os.umask(0o022)
 os.umask(_UMASK)
 
 __all__ = ['LOCK_FILE', 'FolderLock', 'atomic_write', 'atomic_write_bytes', 'atomic_write_json', 'atomic_write_text',
-           'atomic_write_yaml', 'check_output_folder', 'disk_failure', 'lock_folder']
+           'atomic_write_yaml', 'check_folder_free', 'check_output_folder', 'disk_failure', 'lock_folder']
 
 LOCK_FILE = '.lock'
 """The file in a run or search folder whose OS lock says which process owns the folder (never deleted: removing a
@@ -201,6 +201,30 @@ def _holder(file: Path) -> str:
         return (f'pid {info["pid"]} ({info["command"]}) on host {info["host"]} since {info["since"]}')
     except (OSError, ValueError, KeyError, TypeError):
         return 'another process (it has not written its pid yet)'
+
+
+def check_folder_free(path: str | os.PathLike[str], flag: str = '--output', fix: str = '') -> None:
+    """Raise if another process holds folder ``path`` (``lock_folder``), writing nothing: what a command checks
+    before validating the folder's contents, so that bad input leaves even the lock file unwritten and a busy
+    folder is named as busy. The hold itself is taken afterwards with ``lock_folder``.
+
+    Raises:
+        ConfigError: If another process holds the folder: one line naming it (pid, command) and the fix.
+    """
+    import fcntl
+
+    from .errors import ConfigError
+    file = Path(path) / LOCK_FILE
+    if (os.getpid(), os.path.realpath(path)) in _HELD or not file.is_file():
+        return
+    fd = os.open(file, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise ConfigError(f'{flag} {path} is in use by {_holder(file)}; wait for it to finish or stop it, or give '
+                          f'another {flag}{fix}') from None
+    finally:
+        os.close(fd)  # closing drops a lock taken here
 
 
 def lock_folder(path: str | os.PathLike[str], flag: str = '--output', fix: str = '') -> FolderLock:

@@ -144,3 +144,20 @@ def test_run_cli_gives_one_line_and_exit_1_for_a_full_disk_and_130_for_ctrl_c(ca
                                       '--resume\n'
     with pytest.raises(OSError, match='Permission denied'):  # not a machine failure: a bug or a check missed
         run_cli(lambda: (_ for _ in ()).throw(PermissionError(errno.EACCES, 'Permission denied')))
+
+
+def test_check_folder_free_names_a_busy_folder_and_writes_nothing(tmp_path):
+    from spsearch.io import check_folder_free
+    check_folder_free(tmp_path / 'new')  # no folder, no lock file: free, nothing created
+    assert not (tmp_path / 'new').exists()
+    folder = tmp_path / 'run'
+    pid = _hold_in_a_child(folder)
+    try:
+        with pytest.raises(ConfigError, match=f'in use by pid {pid} '):
+            check_folder_free(folder)
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    check_folder_free(folder)  # its holder died: free again
+    with lock_folder(folder):
+        check_folder_free(folder)  # this process's own hold is no obstacle

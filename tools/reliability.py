@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -98,6 +99,9 @@ def report(results: list[tuple[rc.Case, list[str], str, float]], seconds: float,
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Ctrl-C must reach the cases as it reaches a user's terminal: a shell's background job starts with SIGINT
+    # ignored, which exec keeps (Python then never raises KeyboardInterrupt); a handled signal resets to default.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--fast', action='store_true', help='skip the slow cases (no result file)')
     parser.add_argument('-k', default='', metavar='TEXT', help='only cases whose name contains TEXT (no result file)')

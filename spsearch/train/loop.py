@@ -37,7 +37,15 @@ from ..data import Loaders, create_loaders, dataset_info
 from ..data.factory import DEFAULT_CROP_PCT, small_image_recipe
 from ..data.transforms import resolve_stats
 from ..errors import ConfigError
-from ..io import FolderLock, atomic_write_json, atomic_write_text, atomic_write_yaml, check_output_folder, lock_folder
+from ..io import (
+    FolderLock,
+    atomic_write_json,
+    atomic_write_text,
+    atomic_write_yaml,
+    check_folder_free,
+    check_output_folder,
+    lock_folder,
+)
 from ..provenance import provenance
 from ..timing import process_peak_memory_mb
 from .checkpoint import (
@@ -462,10 +470,12 @@ class _Run:
             process_index=acc.process_index, num_processes=acc.num_processes)
         self.hist = (CheckpointHistory(self.out, cfg.checkpoint_hist) if self.out is not None and cfg.checkpoint_hist
                      and cfg.save_checkpoints else None)
-        if self.out is not None and self.main:  # one process per run folder, from here until the run ends
-            self.lock = lock_folder(self.out)
+        if self.out is not None and self.main:
+            check_folder_free(self.out)  # a busy folder is named as such; its contents are checked next
         self.resume_state = self._find_resume_state()
         self._check_output_folder()
+        if self.out is not None and self.main:  # one process per run folder, from here until the run ends
+            self.lock = lock_folder(self.out)  # after the checks: bad input leaves not even the lock file
 
         if cfg.channels_last:
             model = model.to(memory_format=torch.channels_last)
