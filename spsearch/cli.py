@@ -33,11 +33,37 @@ def prog_name(script: str, module: str) -> str:
     return f'python -m {module}' if Path(sys.argv[0]).name == '__main__.py' else script
 
 
+_PENDING_INTERRUPT: list[bool] = [False]
+
+
+def _keep_interrupts(unraisable: Any) -> None:
+    """``sys.unraisablehook``: a Ctrl-C that lands in a finalizer (``__del__``, a ``gc.collect`` callback, as
+    Optuna's ``gc_after_trial`` runs them) would be printed as "Exception ignored in ..." and lost, the job going
+    on; keep it for ``raise_pending_interrupt`` instead. Anything else goes to Python's own hook."""
+    if isinstance(unraisable.exc_value, KeyboardInterrupt):
+        _PENDING_INTERRUPT[0] = True
+        return
+    sys.__unraisablehook__(unraisable)
+
+
+def raise_pending_interrupt() -> None:
+    """Raise the ``KeyboardInterrupt`` that a finalizer swallowed since the last call (see ``run_cli``), if any.
+
+    Raises:
+        KeyboardInterrupt: If Ctrl-C landed where Python could not raise it.
+    """
+    if _PENDING_INTERRUPT[0]:
+        _PENDING_INTERRUPT[0] = False
+        raise KeyboardInterrupt
+
+
 def run_cli(main: Callable[[], int | None]) -> int:
     """Run ``main``; any ``SPSearchError`` (CLI misuse, bad config or data) becomes one line and exit code 2, a
     failure of the machine (a full disk, a quota, a file-size limit: ``MachineError`` or such an ``OSError``) one
-    line and exit code 1, Ctrl-C one line and exit code 130."""
+    line and exit code 1, Ctrl-C one line and exit code 130 (also one that lands in a finalizer: kept by an
+    unraisable hook and raised where the job checks, ``raise_pending_interrupt``)."""
     from .io import DISK_ERRNOS, disk_failure
+    sys.unraisablehook = _keep_interrupts
     try:
         return main() or 0
     except SPSearchError as e:

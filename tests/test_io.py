@@ -161,3 +161,28 @@ def test_check_folder_free_names_a_busy_folder_and_writes_nothing(tmp_path):
     check_folder_free(folder)  # its holder died: free again
     with lock_folder(folder):
         check_folder_free(folder)  # this process's own hold is no obstacle
+
+
+def test_a_ctrl_c_landing_in_a_finalizer_is_kept_and_raised_where_the_job_checks(capsys, monkeypatch):
+    """Python prints a KeyboardInterrupt raised in ``__del__`` (or a gc callback, as Optuna's gc_after_trial runs
+    them) as "Exception ignored" and goes on; under run_cli it is kept and raised at the next check: exit 130,
+    one line, the job stopped."""
+    import sys
+
+    from spsearch.cli import raise_pending_interrupt, run_cli
+    monkeypatch.setattr(sys, 'unraisablehook', sys.unraisablehook)  # run_cli installs its own; put pytest's back
+    ran_on = []
+
+    class Finalized:
+        def __del__(self):
+            raise KeyboardInterrupt
+
+    def main() -> int:
+        Finalized()  # collected at once: its Ctrl-C is unraisable
+        raise_pending_interrupt()
+        ran_on.append(1)
+        return 0
+
+    assert run_cli(main) == 130
+    assert capsys.readouterr().err == 'interrupted\n' and not ran_on
+    raise_pending_interrupt()  # raised once only

@@ -31,6 +31,7 @@ import optuna
 from optuna.study import MaxTrialsCallback
 from optuna.trial import TrialState
 
+from ..cli import raise_pending_interrupt
 from ..errors import Interrupted, SPSearchError
 from ..train import make_accelerator
 from ..train.launch import tracker_names
@@ -212,6 +213,7 @@ def _optimize(opened: OpenStudy, group: ProcessGroup, log: Log, started: float, 
     with SearchProgress(cfg.n_trials, _counts(study)[0], log, enabled=bar, timeout=cfg.timeout) as progress:
 
         def after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+            raise_pending_interrupt()  # a Ctrl-C that landed in gc_after_trial's finalizers
             write_reports(opened, search_wall_s=time.perf_counter() - started)  # as README says: every trial
             _recover(study, progress.log)
             progress.update(study, cfg.score)
@@ -237,6 +239,7 @@ def _optimize(opened: OpenStudy, group: ProcessGroup, log: Log, started: float, 
             left = None if deadline == math.inf else max(0.0, deadline - time.perf_counter())
             study.optimize(objective, timeout=left, gc_after_trial=True, catch=(Cancelled,), show_progress_bar=False,
                            callbacks=[stop, after_trial])
+            raise_pending_interrupt()
 
 
 def _counts(study: optuna.Study) -> tuple[int, int, int]:
