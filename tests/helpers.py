@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import signal
+import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -121,3 +123,21 @@ def replay_configs(cifar: str, folder: str) -> dict[str, Any]:
     if dali_available():
         configs['dali'] = DataConfig('imagefolder', data_dir=folder, loader='dali', batch_size=6, workers=2, seed=3)
     return configs
+
+
+def run_while_paused(first: subprocess.Popen, argv: list[str], **kwargs: Any) -> subprocess.CompletedProcess:
+    """Run ``argv`` to its end while ``first`` is stopped (SIGSTOP: it holds what it holds and cannot finish), then
+    let ``first`` continue; keyword arguments go to ``subprocess.run`` (output captured as text, 300 s limit)."""
+    first.send_signal(signal.SIGSTOP)
+    try:
+        return subprocess.run(argv, capture_output=True, text=True, timeout=300, **kwargs)
+    finally:
+        first.send_signal(signal.SIGCONT)
+
+
+def end_process(proc: subprocess.Popen) -> None:
+    """Kill ``proc`` if it still runs (continued first, in case it was stopped) and reap it."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGCONT)
+        proc.kill()
+        proc.wait()

@@ -24,7 +24,7 @@ from optuna.trial import TrialState
 from spsearch.search.record import TrialRecord
 from spsearch.search.storage import StorageSpec, open_storage
 
-from helpers import ROOT
+from helpers import ROOT, end_process, run_while_paused
 
 pytestmark = pytest.mark.slow  # subprocesses, kill -9, a PostgreSQL server, two-process launches
 TINY = ['--model', 'sp_resnet20', '--dataset', 'synthetic', '--val-samples', '64', '--batch-size', '32',
@@ -317,19 +317,14 @@ def test_a_second_search_on_one_output_is_refused_naming_the_first(tmp_path):
     first = subprocess.Popen(args, cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         assert _wait_for_holder(str(out / '.lock'), first) == first.pid
-        first.send_signal(signal.SIGSTOP)  # it holds the folder and cannot finish while the second starts
-        second = subprocess.run(args, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
-        first.send_signal(signal.SIGCONT)
+        second = run_while_paused(first, args, cwd=ROOT, env=ENV)  # it holds the folder and cannot finish meanwhile
         assert second.returncode == 2, second.stderr[-2000:]
         assert second.stderr.count('\n') == 1 and second.stderr.startswith(f'error: --output {out} is in use by pid '
                                                                            f'{first.pid} (')
         assert f'--storage {out}/study.db with its own --output' in second.stderr
         assert first.wait(timeout=300) == 0, first.stderr.read() if first.stderr else ''
     finally:
-        if first.poll() is None:
-            first.send_signal(signal.SIGCONT)
-            first.kill()
-            first.wait()
+        end_process(first)
     trials = optuna.load_study(study_name='owned', storage=f'sqlite:///{out}/study.db').get_trials()
     assert len(_finished(trials)) == n == len(trials)
     assert {(TrialRecord.of(t).worker or {}).get('pid') for t in trials} == {first.pid}

@@ -24,7 +24,7 @@ from spsearch.train import TrainConfig, load_checkpoint, train
 from spsearch.train import cli as train_cli
 from spsearch.train.loop import precise_bn
 
-from helpers import ROOT, cli_args, needs_fmnist
+from helpers import ROOT, cli_args, end_process, needs_fmnist, run_while_paused
 
 TINY = dict(model='sp_resnet20', dataset='fashion-mnist', img_size=16, train_samples=512, val_samples=256,
             batch_size=64, epochs=3, lr=0.05, warmup_epochs=1, sched='cosine', progress=False, workers=0)
@@ -842,18 +842,12 @@ def test_a_second_train_on_one_output_is_refused_naming_the_first(tmp_path):
     first = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         _holder_pid(out, first)
-        first.send_signal(signal.SIGSTOP)  # it holds the folder and cannot finish while the second starts
-        second = subprocess.run([*argv, '--seed', '7'], cwd=ROOT, env=env, capture_output=True, text=True,
-                                timeout=300)
-        first.send_signal(signal.SIGCONT)
+        second = run_while_paused(first, [*argv, '--seed', '7'], cwd=ROOT, env=env)  # it holds the folder meanwhile
         assert second.returncode == 2, second.stderr[-2000:]
         assert second.stderr.count('\n') == 1 and second.stderr.startswith('error: --output ')
         assert f'is in use by pid {first.pid} (' in second.stderr and 'give another --output' in second.stderr
         assert first.wait(timeout=300) == 0, first.stderr.read() if first.stderr else ''
     finally:
-        if first.poll() is None:
-            first.send_signal(signal.SIGCONT)
-            first.kill()
-            first.wait()
+        end_process(first)
     assert yaml.safe_load((out / 'args.yaml').read_text())['seed'] != 7  # the first run's, not overwritten
     assert json.loads((out / 'summary.json').read_text())['epochs_run'] == 1
