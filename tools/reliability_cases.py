@@ -938,6 +938,43 @@ def search_killed_in_retrain(tmp: Path) -> list[str]:
     return [f'{len(left)} orphaned train.py process(es) kept running'] if left else []
 
 
+def journal_worker_killed(tmp: Path) -> list[str]:
+    """Two workers of one study on a journal file, each with its own --output; kill -9 of one mid-trial: the
+    survivor re-queues the lost trial and the study ends with exactly n finished trials, none left RUNNING."""
+    journal_file = tmp / 'shared.log'
+    n = 4
+
+    def worker(name: str) -> subprocess.Popen[str]:
+        argv = (*SEARCH[:-2], '--n-trials', str(n), '--train-samples', '1024', '--pruner', 'none', '--storage',
+                str(journal_file), '--study', 'shared', '--output', f'{{tmp}}/{name}')
+        return start('search.py', argv, tmp)
+    first = worker('a')
+    if not wait_until(lambda: (tmp / 'a' / 'trials.csv').exists(), first, 300):
+        result = finish(first)
+        return [f'the first worker finished no trial (exit {result.code}: {first_line(result)})']
+    second = worker('b')
+    time.sleep(3)  # both mid-trial
+    first.kill()
+    finish(first)
+    survivor = finish(second, timeout=600)
+    problems = [f'the survivor: exit {survivor.code} ({first_line(survivor)})'] if survivor.code != 0 else []
+    if 'Traceback' in survivor.stderr:
+        problems.append('a Traceback reached the user')
+    code = ('import json, optuna, sys; optuna.logging.set_verbosity(optuna.logging.ERROR); '
+            's = optuna.load_study(study_name="shared", storage=optuna.storages.JournalStorage('
+            'optuna.storages.journal.JournalFileBackend(sys.argv[1]))); '
+            'print(json.dumps([t.state.name for t in s.get_trials()]))')
+    done = subprocess.run([sys.executable, '-c', code, str(journal_file)], capture_output=True, text=True,
+                          env=base_env(), timeout=120)
+    states = json.loads(done.stdout) if done.returncode == 0 and done.stdout.strip() else []
+    finished = sum(s in ('COMPLETE', 'PRUNED') for s in states)
+    if finished != n:
+        problems.append(f'{finished} finished trials, expected {n} (states {states})')
+    if 'RUNNING' in states:
+        problems.append(f'{states.count("RUNNING")} trial(s) left RUNNING')
+    return problems
+
+
 FAULTS: list[Case] = [
     Case(FAULT, 'train-sigint', 'train.py', what='Ctrl-C (SIGINT) in epoch 2, then --resume', scenario=train_sigint,
          slow=True, kind=9),
@@ -961,6 +998,8 @@ FAULTS: list[Case] = [
          scenario=two_trains_one_output, slow=True, kind=6),
     Case(FAULT, 'search-killed-in-retrain', 'search.py', what='kill -9 of search.py during a retrain',
          scenario=search_killed_in_retrain, slow=True, kind=6),
+    Case(FAULT, 'journal-worker-killed', 'search.py', what='kill -9 of one of two workers on a journal file',
+         scenario=journal_worker_killed, slow=True, kind=6),
 ]
 
 
