@@ -703,3 +703,13 @@ def test_an_interrupted_search_writes_its_text_reports_even_when_a_plot_fails(tm
     error = run_module._interrupted(opened, 'during the search')
     assert calls and (tmp_path / 'summary.md').exists() and (tmp_path / 'trials.csv').exists()
     assert '--resume' in str(error)
+
+
+def test_the_summary_is_the_studys_optuna_dashboard_note(tiny_study):
+    """optuna-dashboard shows summary.md (verdicts, Pareto front, plots' captions) as the study's note, read from
+    the storage itself."""
+    optuna_dashboard = pytest.importorskip('optuna_dashboard')
+    run, _, cfg = tiny_study
+    study = optuna.load_study(study_name=run.study.study_name, storage=f'sqlite:///{cfg.output_dir}/study.db')
+    note = optuna_dashboard.get_note(study)
+    assert note and note == (Path(cfg.output_dir) / 'summary.md').read_text()

@@ -238,9 +238,24 @@ def write_reports(opened: OpenStudy, search_wall_s: float | None = None, total_w
             experiment=f'search {opened.study.study_name} trial-{t.number} seed {cfg.seed}')
         atomic_write_yaml(out / 'best.yaml', recipe.to_dict())
         written['best'] = out / 'best.yaml'
-    atomic_write_text(out / 'summary.md', _summary(opened, trials, written, search_wall_s, total_wall_s))
+    summary = _summary(opened, trials, written, search_wall_s, total_wall_s)
+    atomic_write_text(out / 'summary.md', summary)
+    written['dashboard_note'] = _dashboard_note(opened, summary)
     written['summary'] = out / 'summary.md'
     return written
+
+
+def _dashboard_note(opened: OpenStudy, summary: str) -> bool:
+    """``summary.md`` as the study's optuna-dashboard note (``optuna_dashboard.save_note``, kept in the storage's
+    study system attributes, so the dashboard shows the verdicts next to its own plots wherever the storage is
+    read); rewritten only when the text changed. False when optuna-dashboard is not installed (an optional extra)."""
+    try:
+        from optuna_dashboard import get_note, save_note
+    except ImportError:
+        return False
+    if get_note(opened.study) != summary:
+        save_note(opened.study, summary)
+    return True
 
 
 def _optuna_history(opened: OpenStudy, trials: list[FrozenTrial]) -> Path | None:
