@@ -11,7 +11,7 @@ from typing import Any, NoReturn
 
 import yaml
 
-from .errors import MachineError, SPSearchError
+from .errors import MachineError, RunFailed, SPSearchError
 
 __all__ = ['ArgumentParser', 'CliError', 'load_yaml_config', 'option_values', 'parse_kwargs', 'parse_with_config',
            'prog_name', 'run_cli']
@@ -69,7 +69,7 @@ def run_cli(main: Callable[[], int | None]) -> int:
     except SPSearchError as e:
         print(f'error: {e}', file=sys.stderr)
         return 2
-    except MachineError as e:
+    except (MachineError, RunFailed) as e:
         print(f'error: {e}', file=sys.stderr)
         return 1
     except OSError as e:

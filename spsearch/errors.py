@@ -28,6 +28,14 @@ class MachineError(Exception):
     """
 
 
+class RunFailed(Exception):
+    """A job that ran and failed (e.g. a retrain whose training exited with an error), after its reports were
+    written.
+
+    The CLIs print ``error: <message>`` (what failed, where its output is, what to do) and exit with code 1.
+    """
+
+
 class Interrupted(KeyboardInterrupt):
     """Ctrl-C (SIGINT) during a long job, with one line on what was kept and how to continue.
 

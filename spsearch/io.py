@@ -6,6 +6,7 @@ A folder a run writes in is owned by one process at a time (``lock_folder``: an 
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -172,18 +173,31 @@ from taking its parent's holds for its own."""
 class FolderLock:
     """This process' hold on a folder (``lock_folder``); ``release`` (or leaving the ``with`` block) gives it up."""
 
-    def __init__(self, path: Path, key: tuple[int, str]) -> None:
+    def __init__(self, path: Path, key: tuple[int, str], created: tuple[bool, bool] = (False, False)) -> None:
         self.path = path
         self._key: tuple[int, str] | None = key
+        self._created = created  # (the folder, its lock file) made by this hold
 
-    def release(self) -> None:
-        """Give the hold up (once); the OS lock goes when this process holds the folder no more."""
+    def release(self, discard: bool = False) -> None:
+        """Give the hold up (once); the OS lock goes when this process holds the folder no more.
+
+        Args:
+            discard: Also remove what taking the hold created, the lock file and the then empty folder (a run
+                whose set-up failed on bad input leaves nothing behind). The file is removed while still locked,
+                so a process that finds it afterwards creates and locks a new one.
+        """
         if self._key is None:
             return
         held = _HELD[self._key]
         held[1] -= 1
         if held[1] == 0:
             del _HELD[self._key]
+            if discard and self._created[1]:
+                with contextlib.suppress(OSError):
+                    (self.path / LOCK_FILE).unlink()
+                if self._created[0]:
+                    with contextlib.suppress(OSError):
+                        self.path.rmdir()  # only if empty
             os.close(held[0])  # closing the descriptor drops the flock
         self._key = None
 
@@ -251,12 +265,14 @@ def lock_folder(path: str | os.PathLike[str], flag: str = '--output', fix: str =
 
     from .errors import ConfigError
     path = Path(path)
+    made_folder = not path.exists()
     path.mkdir(parents=True, exist_ok=True)
     key = (os.getpid(), os.path.realpath(path))
     if key in _HELD:
         _HELD[key][1] += 1
         return FolderLock(path, key)
     file = path / LOCK_FILE
+    made_file = not file.exists()
     fd = os.open(file, os.O_RDWR | os.O_CREAT, 0o666)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -272,4 +288,4 @@ def lock_folder(path: str | os.PathLike[str], flag: str = '--output', fix: str =
     os.ftruncate(fd, 0)  # the file keeps its inode: the lock is on it
     os.pwrite(fd, (json.dumps(holder) + '\n').encode(), 0)
     _HELD[key] = [fd, 1]
-    return FolderLock(path, key)
+    return FolderLock(path, key, (made_folder, made_file))

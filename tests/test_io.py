@@ -186,3 +186,19 @@ def test_a_ctrl_c_landing_in_a_finalizer_is_kept_and_raised_where_the_job_checks
     assert run_cli(main) == 130
     assert capsys.readouterr().err == 'interrupted\n' and not ran_on
     raise_pending_interrupt()  # raised once only
+
+
+def test_a_discarded_hold_removes_what_it_created_and_nothing_else(tmp_path):
+    """release(discard=True), after a set-up that failed on bad input: the lock file and the folder it made go; a
+    folder that was there keeps its files, and a lock file that was there stays."""
+    new = tmp_path / 'a' / 'new'
+    lock_folder(new).release(discard=True)
+    assert not new.exists() and (tmp_path / 'a').exists()
+    old = tmp_path / 'old'
+    old.mkdir()
+    (old / 'args.yaml').write_text('x')
+    lock_folder(old).release(discard=True)
+    assert sorted(p.name for p in old.iterdir()) == ['args.yaml']
+    lock_folder(old).release()
+    lock_folder(old).release(discard=True)
+    assert (old / LOCK_FILE).exists()  # not made by that hold

@@ -713,3 +713,28 @@ def test_the_summary_is_the_studys_optuna_dashboard_note(tiny_study):
     study = optuna.load_study(study_name=run.study.study_name, storage=f'sqlite:///{cfg.output_dir}/study.db')
     note = optuna_dashboard.get_note(study)
     assert note and note == (Path(cfg.output_dir) / 'summary.md').read_text()
+
+
+def test_a_failed_retrain_ends_the_search_in_one_line_exit_1_after_its_reports(tmp_path, monkeypatch, capsys):
+    """A retrain whose training fails (here: its launcher exits 2) leaves the verification without verdicts: the
+    search says so in one line and exits 1, its reports written, instead of ending as a success."""
+    import spsearch.search.retraining as retraining
+    launched = []
+    monkeypatch.setattr(retraining, 'run_child', lambda cmd, env=None: launched.append(cmd) or 2)
+    out = tmp_path / 's'
+    args = [*TINY_ARGS, '--n-trials', '2', '--budget-gflops', '0.03', '--retrain-top', '1', '--retrain-seeds', '1',
+            '--output', str(out)]
+    code = run_cli(lambda: search_cli.main(args))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and launched and len(err) == 1, err
+    assert err[0].startswith('error: ') and ' retrains failed (first: ' in err[0] and '--resume' in err[0]
+    assert (out / 'summary.md').exists() and (out / 'retrain.csv').exists()
+
+
+def test_report_with_output_alone_opens_the_one_study_there(tiny_study, capsys):
+    """``search.py report --output DIR`` without --study: the storage holds one study, so that one (its default name
+    comes from other options, e.g. another --model)."""
+    run, _, cfg = tiny_study
+    code = run_cli(lambda: search_cli.main(['report', '--output', cfg.output_dir]))
+    out = capsys.readouterr().out
+    assert code == 0 and f"study {run.study.study_name!r}" in out, out

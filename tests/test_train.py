@@ -565,6 +565,7 @@ def test_timm_args_yaml_runs_with_timms_meaning(tmp_path, capsys, monkeypatch):
     assert (cfg.checkpoint, cfg.resume, cfg.pretrained, cfg.data.scale, cfg.data.augment) == (
         None, None, False, None, True)
     assert cfg.output is not None and cfg.output.startswith('runs/train/imagefolder-resnet50-')
+    assert cfg.device == 'auto'  # timm's 'cuda': accelerate picks the GPU (ours: auto or cpu)
 
     run = {**timm_yaml, 'data': str(tmp_path / 'imgs'), 'model': 'sp_resnet20', 'lr': None, 'lr_base': 0.2,
            'opt': 'lamb', 'batch_size': 64, 'grad_accum_steps': 2, 'amp': True, 'amp_dtype': 'bfloat16',
@@ -585,15 +586,17 @@ def test_timm_args_yaml_runs_with_timms_meaning(tmp_path, capsys, monkeypatch):
     for changes, message in (({'clip_mode': 'agc', 'hflip': 0.0}, "clip_mode: 'agc' .timm default 'norm'.; hflip"),
                              ({'val_split': 'val'}, "val_split: 'val'"),
                              ({'dataset': 'hfds/beans'}, "timm data set 'hfds/beans' is not read here"),
-                             ({'torchcompile': 'eager'}, "torchcompile 'eager'")):
+                             ({'torchcompile': 'eager'}, "torchcompile 'eager'"),
+                             ({'device': 'cuda:1'}, "device 'cuda:1': pick the GPU with CUDA_VISIBLE_DEVICES")):
         path.write_text(yaml.safe_dump({**timm_yaml, **changes}, default_flow_style=False))
         code, out, err = run_main(['-c', str(path)], capsys)
         assert code == 2 and err.count('\n') == 1 and err.startswith('error: ') and re.search(message, err), err
 
     ours = tmp_path / 'ours.yaml'
-    ours.write_text(yaml.safe_dump(TrainConfig.from_dict(dict(TINY, output=None, checkpoint_hist=2)).to_dict()))
-    assert train_cli.resolve_config(['-c', str(ours)]) == TrainConfig.from_dict(dict(TINY, output=None,
-                                                                                     checkpoint_hist=2))
+    for device in ('auto', 'cpu'):  # every option of ours, the timm-named ones included, passes through unchanged
+        mine = TrainConfig.from_dict(dict(TINY, output=None, checkpoint_hist=2, device=device))
+        ours.write_text(yaml.safe_dump(mine.to_dict()))
+        assert train_cli.resolve_config(['-c', str(ours)]) == mine
     assert capsys.readouterr().err == ''
 
 
@@ -851,3 +854,18 @@ def test_a_second_train_on_one_output_is_refused_naming_the_first(tmp_path):
         end_process(first)
     assert yaml.safe_load((out / 'args.yaml').read_text())['seed'] != 7  # the first run's, not overwritten
     assert json.loads((out / 'summary.json').read_text())['epochs_run'] == 1
+
+
+def test_weights_files_that_are_folders_or_empty_are_one_line_before_anything_is_written(tmp_path, capsys):
+    """--pretrained-path / --initial-checkpoint naming a folder say so; an empty (torn) file is "cannot be read",
+    not a misfit of the model; nothing is written."""
+    empty = tmp_path / 'empty.pth'
+    empty.write_bytes(b'')
+    for flag, value, message in (('--pretrained-path', tmp_path, 'is a folder; give the weights file in it'),
+                                 ('--initial-checkpoint', tmp_path, 'is a folder; give the file in it'),
+                                 ('--pretrained-path', empty, 'cannot be read'),
+                                 ('--grad-accum-steps', 9, 'needs at least 9 training batches')):
+        out = tmp_path / 'out'
+        code, _, err = run_main(cli_args(dict(SMALL, epochs=1)) + [flag, str(value), '--output', str(out)], capsys)
+        assert code == 2 and err.count('\n') == 1 and message in err, err
+        assert not out.exists()

@@ -88,9 +88,10 @@ def main(argv: list[str] | None = None) -> int:
         opened = found
     for line in [*best_lines(opened), *verdict_lines(opened.output)]:
         print(line, flush=True)
-    print(f'reports: {opened.output}/summary.md (trials.csv, pareto_*.png, optuna_*.png, verify.png, best.yaml); '
-          f'study '
-          f'{opened.study.study_name!r} in {opened.spec.display()}', flush=True)
+    files = [name for name in ('trials.csv', 'pareto_gmacs.png', 'pareto_latency.png', 'optuna_history.png',
+                               'optuna_importances.png', 'verify.png', 'best.yaml') if (opened.output / name).exists()]
+    print(f'reports: {opened.output}/summary.md ({", ".join(files)}); study {opened.study.study_name!r} in '
+          f'{opened.spec.display()}', flush=True)
     return 0
 
 

@@ -31,6 +31,7 @@ from typing import Any
 
 from optuna.trial import FrozenTrial
 
+from ..errors import RunFailed
 from ..io import atomic_write_text, atomic_write_yaml
 from ..space import Architecture
 from ..train import TrainConfig
@@ -43,7 +44,8 @@ from .reports import best_trials, csv_text, proxy_value
 from .stats import compare, estimate, holm
 from .study import OpenStudy
 
-__all__ = ['Candidate', 'candidates', 'clean_env', 'launch_command', 'launch_settings', 'retrain_winners']
+__all__ = ['Candidate', 'candidates', 'check_retrains', 'clean_env', 'launch_command', 'launch_settings',
+           'retrain_winners']
 
 
 @dataclass(frozen=True)
@@ -207,6 +209,22 @@ def retrain_winners(opened: OpenStudy, log: Callable[[str], None], top: int | No
     atomic_write_text(opened.output / 'retrain.csv', csv_text(rows))
     _write_statistics(opened, cands, scores)
     return rows
+
+
+def check_retrains(opened: OpenStudy, rows: list[dict[str, Any]]) -> None:
+    """Raise when a retrain of ``rows`` (``retrain_winners``' result) failed: the verification is then incomplete
+    and its verdicts missing, which must not end as a success.
+
+    Raises:
+        RunFailed: One line naming how many failed, the first one's folder, and how to continue.
+    """
+    failed = [r for r in rows if str(r['status']).startswith('failed')]
+    if failed:
+        first = failed[0]
+        raise RunFailed(f'{len(failed)} of {len(rows)} retrains failed (first: {first["name"]} seed {first["seed"]}, '
+                        f'{first["status"]}; its error is printed above, its folder is {first["output"]}); the '
+                        f'search\'s reports are in {opened.output}; fix the cause and run the same command with '
+                        '--resume (finished retrains are kept)')
 
 
 def _write_statistics(opened: OpenStudy, cands: list[Candidate], scores: dict[str, list[float]]) -> None:

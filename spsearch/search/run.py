@@ -40,7 +40,7 @@ from .config import SearchConfig
 from .objective import FINISHED, Cancelled, Objective
 from .processes import ProcessGroup
 from .reports import write_reports
-from .retraining import retrain_winners
+from .retraining import check_retrains, retrain_winners
 from .storage import recover_orphans
 from .study import OpenStudy, open_existing, open_search
 
@@ -95,10 +95,11 @@ def search(cfg: SearchConfig, *, accelerator: Any = None, log: Log | None = None
         write_reports(opened, search_wall_s=wall)
         if cfg.retrain_top > 0:
             try:
-                retrain_winners(opened, log)
+                rows = retrain_winners(opened, log)
             except KeyboardInterrupt:
                 raise _interrupted(opened, 'during the verification') from None
             write_reports(opened, search_wall_s=wall, total_wall_s=time.perf_counter() - started)
+            check_retrains(opened, rows)
         return opened
     finally:
         if opened is not None:
@@ -158,8 +159,9 @@ def retrain(cfg: SearchConfig, *, log: Log | None = None) -> OpenStudy:
     try:
         write_reports(opened)
         if cfg.retrain_top > 0:
-            retrain_winners(opened, log)
+            rows = retrain_winners(opened, log)
             write_reports(opened)
+            check_retrains(opened, rows)
         return opened
     finally:
         opened.close()

@@ -362,6 +362,8 @@ def open_existing(cfg: SearchConfig) -> OpenStudy:
     """
     spec = StorageSpec(cfg.storage, Path(cfg.output_dir))
     storage, names = _study_names(spec, must_exist=True)
+    if cfg.study is None and cfg.study_name not in names and len(names) == 1:
+        cfg = cfg.replace(study=names[0])  # no --study, and the storage holds one study: that one
     if cfg.study_name not in names:
         raise ConfigError(f'no study named {cfg.study_name!r} in {spec.display()}{_holds(names)}; pass --study NAME')
     study = optuna.load_study(study_name=cfg.study_name, storage=storage)  # read only: no sampler or pruner runs

@@ -149,6 +149,9 @@ def load_weights(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
         ConfigError: If the file is missing or holds no state dict.
     """
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f'weights file {path} is a folder; give the file in it (e.g. RUN/model.safetensors or '
+                          'RUN/last.pth)')
     if not path.is_file():
         raise ConfigError(f'weights file {path} does not exist')
     try:

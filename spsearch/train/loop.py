@@ -36,7 +36,7 @@ from .. import models as _models  # noqa: F401  (registers the SP models with ti
 from ..data import Loaders, create_loaders, dataset_info
 from ..data.factory import DEFAULT_CROP_PCT, small_image_recipe
 from ..data.transforms import resolve_stats
-from ..errors import ConfigError
+from ..errors import ConfigError, SPSearchError
 from ..io import (
     FolderLock,
     atomic_write_json,
@@ -188,9 +188,13 @@ def _pretrained_source(cfg: TrainConfig) -> str:
         ConfigError: The model has no registered weights and no ``--pretrained-path`` was given.
     """
     if cfg.pretrained_path:
+        if Path(cfg.pretrained_path).is_dir():
+            raise ConfigError(f'--pretrained-path {cfg.pretrained_path} is a folder; give the weights file in it '
+                              '(e.g. RUN/model.safetensors)')
         if not Path(cfg.pretrained_path).is_file():
             raise ConfigError(f'--pretrained-path {cfg.pretrained_path} does not exist; give a .safetensors or .pth '
                               'weights file')
+        load_weights(cfg.pretrained_path)  # an empty or torn file is "cannot be read", not a model misfit
         return cfg.pretrained_path
     overlay = cfg.model_kwargs.get('pretrained_cfg_overlay')
     if isinstance(overlay, dict) and overlay.get('file'):  # --model-kwargs "pretrained_cfg_overlay={'file': ...}"
@@ -470,6 +474,8 @@ class _Run:
             process_index=acc.process_index, num_processes=acc.num_processes)
         self.hist = (CheckpointHistory(self.out, cfg.checkpoint_hist) if self.out is not None and cfg.checkpoint_hist
                      and cfg.save_checkpoints else None)
+        # a --grad-accum-steps larger than an epoch is refused here, before the folder's hold
+        self.updates_per_epoch = _updates_per_epoch(cfg, acc, len(self.loaders.train))
         if self.out is not None and self.main:
             check_folder_free(self.out)  # a busy folder is named as such; its contents are checked next
         self.resume_state = self._find_resume_state()
@@ -482,7 +488,6 @@ class _Run:
         model = model.to(acc.device)
         self.optimizer = timm.optim.create_optimizer_v2(
             model, opt=cfg.opt, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum)
-        self.updates_per_epoch = _updates_per_epoch(cfg, acc, len(self.loaders.train))
         self.scheduler = None
         if cfg.sched != 'none':
             self.scheduler, _ = timm.scheduler.create_scheduler_v2(
@@ -859,7 +864,12 @@ def train(cfg: TrainConfig, *, accelerator: Any = None, epoch_callback: EpochCal
             return _evaluate_only(cfg, accelerator)
         run = _Run(cfg, accelerator, epoch_callback)
         try:
-            run.setup()
+            try:
+                run.setup()
+            except SPSearchError:
+                if run.lock is not None:  # bad input found after the hold was taken: leave the folder as found
+                    run.lock.release(discard=True)
+                raise
             return run.run()
         finally:
             if run.lock is not None:

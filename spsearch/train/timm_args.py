@@ -43,7 +43,7 @@ TIMM_ONLY: dict[str, Any] = {
     'model_ema_force_cpu': False, 'model_ema_warmup': False, 'worker_seeding': 'all', 'recovery_interval': 0,
     'save_images': False, 'amp_impl': 'native', 'no_ddp_bb': False, 'synchronize_step': False, 'pin_mem': False,
     'no_prefetcher': False, 'eval_metric': 'top1', 'tta': 0, 'local_rank': 0, 'use_multi_epochs_loader': False,
-    'log_wandb': False, 'wandb_project': None, 'wandb_tags': [], 'wandb_resume_id': '', 'device': 'cuda',
+    'log_wandb': False, 'wandb_project': None, 'wandb_tags': [], 'wandb_resume_id': '',
     'device_modules': None,
 }
 """timm 1.0 ``train.py`` options we do not implement, with timm's defaults (a file may hold them at these values)."""
@@ -108,6 +108,12 @@ def from_timm(config: dict[str, Any], source: str) -> tuple[dict[str, Any], list
             raise ConfigError(f'{source}: timm data set {name!r} is not read here; use imagefolder (dataset: \'\'), '
                               f'torch/cifar10, torch/cifar100 or torch/fashion_mnist')
         values['dataset'] = _TIMM_DATASETS[name]
+    if isinstance(values.get('device'), str) and values['device'] not in ('auto', 'cpu'):
+        device = values.pop('device')  # timm's torch device; ours: auto (accelerate picks CUDA, MPS, ...) or cpu
+        if ':' in device:
+            raise ConfigError(f'{source}: device {device!r}: pick the GPU with CUDA_VISIBLE_DEVICES (or accelerate '
+                              'launch --gpu_ids) and drop the index')
+        values['device'] = 'auto'
     if 'torchcompile' in values:  # timm: None or a backend name
         backend = values.pop('torchcompile')
         if backend not in (None, False, True, 'inductor'):
