@@ -248,7 +248,10 @@ def write_reports(opened: OpenStudy, search_wall_s: float | None = None, total_w
 def _dashboard_note(opened: OpenStudy, summary: str) -> bool:
     """``summary.md`` as the study's optuna-dashboard note (``optuna_dashboard.save_note``, kept in the storage's
     study system attributes, so the dashboard shows the verdicts next to its own plots wherever the storage is
-    read); rewritten only when the text changed. False when optuna-dashboard is not installed (an optional extra)."""
+    read); rewritten only when the text changed. False when optuna-dashboard is not installed (an optional extra)
+    or the study was opened to be read only (``report``, ``verify``: a journal is never appended to by them)."""
+    if not opened.writable:
+        return False
     try:
         from optuna_dashboard import get_note, save_note
     except ImportError:

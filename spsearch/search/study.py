@@ -96,6 +96,7 @@ class OpenStudy:
         protocol: The latency protocol, when candidates get a latency (``search`` only).
         latency_cache: Its cache in the output folder.
         lock: This process' hold on the output folder (``close`` gives it up).
+        writable: Whether this run may write to the storage (``report`` and ``verify`` only read it).
     """
 
     cfg: SearchConfig
@@ -107,6 +108,7 @@ class OpenStudy:
     protocol: dict[str, Any] | None = None
     latency_cache: LatencyCache | None = None
     lock: FolderLock | None = None
+    writable: bool = True
 
     def close(self) -> None:
         """Give up the output folder (the study stays readable)."""
@@ -374,4 +376,4 @@ def open_existing(cfg: SearchConfig) -> OpenStudy:
                                      source=f'the stored configuration of study {cfg.study_name!r}')
     space, notes = _space(cfg)
     output = Path(cfg.output_dir)
-    return OpenStudy(cfg, space, spec, study, output, notes, lock=_own(output, spec))
+    return OpenStudy(cfg, space, spec, study, output, notes, lock=_own(output, spec), writable=False)
