@@ -28,7 +28,7 @@ import optuna
 from optuna.trial import TrialState
 
 from ..errors import ConfigError
-from ..io import FolderLock, atomic_write_yaml, check_output_folder, lock_folder
+from ..io import FolderLock, atomic_write_yaml, check_folder_free, check_output_folder, lock_folder
 from ..provenance import mask_secrets
 from ..space import SearchSpace
 from .budgets import (
@@ -223,6 +223,7 @@ def open_search(cfg: SearchConfig, *, log: Any = print, command: str | None = No
             notes += check_latency_budget(space, cfg.budget_latency_ms, protocol)
     output = check_output_folder(cfg.output_dir)
     spec = StorageSpec(cfg.storage, output)
+    check_folder_free(output, fix=_parallel_fix(output, spec))  # before the storage, which its holder may lock
     storage, names = _study_names(spec, must_exist=cfg.resume)
     if cfg.resume and cfg.study_name not in names:
         raise ConfigError(f'no study named {cfg.study_name!r} in {spec.display()}{_holds(names)}; pass --study NAME, '
@@ -301,10 +302,15 @@ def _own(output: Path, spec: StorageSpec) -> FolderLock:
     Raises:
         ConfigError: If another process holds the folder (naming it, and how a parallel worker is started).
     """
+    return lock_folder(output, fix=_parallel_fix(output, spec))
+
+
+def _parallel_fix(output: Path, spec: StorageSpec) -> str:
+    """The end of a busy folder's error: how a parallel worker of the study is started instead."""
     shared = spec.url if spec.kind == 'journal' else spec.display()
     if spec.is_sqlite and spec.file is not None and spec.file.parent.resolve() == output.resolve():
         shared = str(spec.file)
-    return lock_folder(output, fix=f' (a parallel worker of this study: --storage {shared} with its own --output)')
+    return f' (a parallel worker of this study: --storage {shared} with its own --output)'
 
 
 def _initialise(storage: optuna.storages.BaseStorage, study: optuna.Study, space: SearchSpace, cfg: SearchConfig,
