@@ -217,6 +217,13 @@ def _holder(file: Path) -> str:
         return 'another process (it has not written its pid yet)'
 
 
+def _busy(path: str | os.PathLike[str], flag: str, fix: str) -> Exception:
+    """The one-line error for a folder another process holds (``check_folder_free``, ``lock_folder``)."""
+    from .errors import ConfigError
+    return ConfigError(f'{flag} {path} is in use by {_holder(Path(path) / LOCK_FILE)}; wait for it to finish or stop '
+                       f'it, or give another {flag}{fix}')
+
+
 def check_folder_free(path: str | os.PathLike[str], flag: str = '--output', fix: str = '') -> None:
     """Raise if another process holds folder ``path`` (``lock_folder``), writing nothing: what a command checks
     before validating the folder's contents, so that bad input leaves even the lock file unwritten and a busy
@@ -227,7 +234,6 @@ def check_folder_free(path: str | os.PathLike[str], flag: str = '--output', fix:
     """
     import fcntl
 
-    from .errors import ConfigError
     file = Path(path) / LOCK_FILE
     if (os.getpid(), os.path.realpath(path)) in _HELD or not file.is_file():
         return
@@ -235,8 +241,7 @@ def check_folder_free(path: str | os.PathLike[str], flag: str = '--output', fix:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        raise ConfigError(f'{flag} {path} is in use by {_holder(file)}; wait for it to finish or stop it, or give '
-                          f'another {flag}{fix}') from None
+        raise _busy(path, flag, fix) from None
     finally:
         os.close(fd)  # closing drops a lock taken here
 
@@ -263,7 +268,6 @@ def lock_folder(path: str | os.PathLike[str], flag: str = '--output', fix: str =
     """
     import fcntl
 
-    from .errors import ConfigError
     path = Path(path)
     made_folder = not path.exists()
     path.mkdir(parents=True, exist_ok=True)
@@ -278,8 +282,7 @@ def lock_folder(path: str | os.PathLike[str], flag: str = '--output', fix: str =
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
-        raise ConfigError(f'{flag} {path} is in use by {_holder(file)}; wait for it to finish or stop it, or give '
-                          f'another {flag}{fix}') from None
+        raise _busy(path, flag, fix) from None
     except BaseException:
         os.close(fd)
         raise
