@@ -758,20 +758,33 @@ def _epochs_done(out: Path) -> int:
 def _interrupt_train(tmp: Path, sig: int) -> tuple[Result | None, list[str]]:
     """Start a 3-epoch training, send ``sig`` once epoch 1 is saved; (its result, problems)."""
     out = tmp / 'out'
-    proc = start('train.py', LONG_TRAIN, tmp)
-    if not wait_until(lambda: _epochs_done(out) >= 1, proc):
+    return _interrupt(tmp, 'train.py', LONG_TRAIN, lambda: _epochs_done(out) >= 1, 'epoch 1 never finished', sig)
+
+
+def _interrupt(tmp: Path, cli: str, argv: Sequence[str], ready: Callable[[], bool], not_ready: str, sig: int
+               ) -> tuple[Result | None, list[str]]:
+    """Start ``cli argv``, send ``sig`` half a second after ``ready()`` holds (kill -9 to its whole group);
+    (its result, problems); ``not_ready`` says what never happened when it ends first."""
+    proc = start(cli, argv, tmp)
+    if not wait_until(ready, proc):
         result = finish(proc)
-        return None, [f'epoch 1 never finished (exit {result.code}: {first_line(result)})']
-    time.sleep(0.5)  # inside epoch 2
+        return None, [f'{not_ready} (exit {result.code}: {first_line(result)})']
+    time.sleep(0.5)
     os.killpg(proc.pid, sig) if sig == signal.SIGKILL else proc.send_signal(sig)
     return finish(proc), []
 
 
-def _resumed_train(tmp: Path) -> list[str]:
-    done = run('train.py', (*LONG_TRAIN, '--resume'), tmp)
+def _resume(tmp: Path, cli: str, argv: Sequence[str]) -> list[str]:
+    """Run ``cli argv --resume``: the problems of its exit code and stderr (more checks are the caller's)."""
+    done = run(cli, (*argv, '--resume'), tmp)
     problems = [] if done.code == 0 else [f'--resume: exit {done.code} ({first_line(done)})']
     if 'Traceback' in done.stderr:
         problems.append('--resume: a Traceback reached the user')
+    return problems
+
+
+def _resumed_train(tmp: Path) -> list[str]:
+    problems = _resume(tmp, 'train.py', LONG_TRAIN)
     if _epochs_done(tmp / 'out') != 3:
         problems.append(f'--resume left {_epochs_done(tmp / "out")} of 3 epochs in log.csv')
     return problems
@@ -803,24 +816,14 @@ def _study_trials(tmp: Path) -> list[dict[str, object]]:
 
 
 def _interrupt_search(tmp: Path, sig: int) -> tuple[Result | None, list[str]]:
+    """Start a 3-trial search, send ``sig`` once a trial finished (its reports exist); (its result, problems)."""
     out = tmp / 'out'
-    proc = start('search.py', LONG_SEARCH, tmp)
-
-    def second_trial_started() -> bool:
-        return bool(proc.stdout) and (out / 'trials.csv').exists()
-    if not wait_until(second_trial_started, proc):
-        result = finish(proc)
-        return None, [f'no trial finished before the signal (exit {result.code}: {first_line(result)})']
-    time.sleep(0.5)
-    os.killpg(proc.pid, sig) if sig == signal.SIGKILL else proc.send_signal(sig)
-    return finish(proc), []
+    return _interrupt(tmp, 'search.py', LONG_SEARCH, lambda: (out / 'trials.csv').exists(),
+                      'no trial finished before the signal', sig)
 
 
 def _resumed_search(tmp: Path) -> list[str]:
-    done = run('search.py', (*LONG_SEARCH, '--resume'), tmp)
-    problems = [] if done.code == 0 else [f'--resume: exit {done.code} ({first_line(done)})']
-    if 'Traceback' in done.stderr:
-        problems.append('--resume: a Traceback reached the user')
+    problems = _resume(tmp, 'search.py', LONG_SEARCH)
     finished = [t for t in _study_trials(tmp) if t['state'] in ('COMPLETE', 'PRUNED')]
     if len(finished) != SEARCH_N:
         problems.append(f'{len(finished)} finished trials after --resume, expected {SEARCH_N}')
