@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -71,15 +72,25 @@ def test_real_fashion_mnist_training_learns(tmp_path):
 @pytest.mark.slow
 @needs_fmnist
 def test_kill_9_then_resume_ends_bit_identical(tmp_path):
-    """An uninterrupted run and a run killed (SIGKILL) after epoch 1 then resumed end with the same weights."""
+    """An uninterrupted run and a run killed (SIGKILL) after epoch 1 then resumed end with the same weights.
+
+    All three runs are processes with the same thread count: a float sum over 2 threads differs in its last bits from
+    one over 4, so a reference trained in this process (conftest's thread cap) differs from a child on a machine whose
+    default is another count. Resume is exact on the same machine and settings, not across thread counts.
+    """
     epochs = TINY['epochs']
     argv = cli_args(dict(TINY, ema=True)) + ['--model-kwargs', 'drop_rate=0.2', 'sp_alpha=(0.5,vanilla,0.25)']
+    env = {**os.environ, 'OMP_NUM_THREADS': '1', 'MKL_NUM_THREADS': '1', 'PYTHONWARNINGS': 'ignore'}
+
+    def train_py(*extra: str) -> list[str]:
+        return [sys.executable, str(ROOT / 'train.py'), *argv, *extra]
 
     ref_out = tmp_path / 'uninterrupted'
-    assert train_cli.main(argv + ['--output', str(ref_out)]) == 0
+    done = subprocess.run(train_py('--output', str(ref_out)), cwd=ROOT, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
 
     out = tmp_path / 'interrupted'
-    proc = subprocess.Popen([sys.executable, str(ROOT / 'train.py'), *argv, '--output', str(out)], cwd=ROOT,
+    proc = subprocess.Popen(train_py('--output', str(out)), cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 240
@@ -97,7 +108,9 @@ def test_kill_9_then_resume_ends_bit_identical(tmp_path):
     assert 1 <= killed_at < epochs
     assert not (out / 'model.safetensors').exists()
 
-    assert train_cli.main(argv + ['--output', str(out), '--resume']) == 0
+    done = subprocess.run(train_py('--output', str(out), '--resume'), cwd=ROOT, env=env, capture_output=True,
+                          text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
     a = safetensors.torch.load_file(str(ref_out / 'model.safetensors'))
     b = safetensors.torch.load_file(str(out / 'model.safetensors'))
     assert a.keys() == b.keys()
@@ -256,6 +269,28 @@ def test_existing_run_is_not_overwritten_without_resume(tmp_path, capsys):
     code, _, err = run_main(argv, capsys)
     assert code == 2 and 'already holds a run' in err and '--resume' in err
     assert (out / 'last.pth').read_bytes() == before
+
+
+def test_resume_with_another_thread_count_says_it_is_not_bit_identical(tmp_path, capsys):
+    """Threads change float sums' last bits: a resume with another count continues but says so, naming the fix."""
+    out = tmp_path / 'run'
+    argv = cli_args(dict(model='sp_resnet20', dataset='synthetic', img_size=16, train_samples=64, val_samples=32,
+                         batch_size=32, epochs=2, progress=False)) + ['--output', str(out)]
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert run_main(argv[:argv.index('--epochs') + 1] + ['1'] + argv[argv.index('--epochs') + 2:], capsys)[0] == 0
+        assert load_checkpoint(out / 'last.pth')['torch_threads'] == 1
+        with warnings.catch_warnings(record=True) as same:
+            warnings.simplefilter('always')
+            code = run_main(argv + ['--resume'], capsys)[0]
+        torch.set_num_threads(2)
+        with pytest.warns(UserWarning, match='the run used 1 torch threads and this process has 2') as other:
+            code2 = run_main(argv + ['--resume', '--epochs', '3'], capsys)[0]
+    finally:
+        torch.set_num_threads(threads)
+    assert code == 0 and not [w for w in same if 'threads' in str(w.message)]
+    assert code2 == 0 and any('OMP_NUM_THREADS=1' in str(w.message) for w in other)
 
 
 def test_the_library_entry_point_and_the_repository_script_are_one_cli():

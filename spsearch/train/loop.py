@@ -536,6 +536,12 @@ class _Run:
         if state['epoch'] >= cfg.epochs:
             self.log(f'resume: {path} already finished {state["epoch"]} epochs (of --epochs {cfg.epochs})')
         self.log(f'resume: continuing {path} after epoch {state["epoch"]}')
+        threads = state.get('torch_threads')
+        if threads is not None and threads != torch.get_num_threads():
+            # float sums split over another number of threads round differently in their last bits
+            warnings.warn(f'resume: the run used {threads} torch threads and this process has '
+                          f'{torch.get_num_threads()}; it continues, but not bit-identically '
+                          f'(set OMP_NUM_THREADS={threads} for that)', stacklevel=2)
         return state
 
     def _check_output_folder(self) -> None:
@@ -571,7 +577,7 @@ class _Run:
             'scheduler': self.scheduler.state_dict() if self.scheduler is not None else None,
             # timm's key: timm.models.load_checkpoint(model, 'last.pth', use_ema=True) loads it
             'state_dict_ema': self.ema.module.state_dict() if self.ema is not None else None,
-            'rng': _gather_rng_states(self.acc), 'history': self.history,
+            'rng': _gather_rng_states(self.acc), 'torch_threads': torch.get_num_threads(), 'history': self.history,
             'best_top1': self.best_top1, 'best_epoch': self.best_epoch,
             'metric': _score(self.history[-1]) if self.history else None, 'arch': self.cfg.model,  # timm's keys
             'checkpoint_hist': self.hist.state() if self.hist is not None else [],
