@@ -73,3 +73,26 @@ def test_a_flag_the_script_lacks_is_named(tmp_path):
     cmd = ['python', '-m', 'timm_plugins.run', str(script), '--model', 'm', '--device', 'cpu', '--model-kwargs', 'a=1']
     assert timm_scripts.missing_flags(cmd, scripts) == ['--device', '--model-kwargs']
     assert timm_scripts.missing_flags(['python', 'train.py', '--device', 'cpu'], scripts) == []
+
+
+def test_the_small_image_report_pairs_each_training_length_and_names_the_runs_commits():
+    """``tools/small_imagefolder.py``'s table on constructed runs: one paired verdict per training length."""
+    import argparse
+    tool = load_script('small_imagefolder_tool', ROOT / 'tools' / 'small_imagefolder.py')
+
+    def runs(tops: list[float], commit: str) -> list[dict[str, object]]:
+        return [{'final_top1': t, 'wall_s': 10.0, 'commit': commit} for t in tops]
+    rows = [{'name': 'm (sp_alpha vanilla)', 'epochs': 4,
+             'runs': {'default': runs([70.0, 71.0, 72.0], 'a' * 40),
+                      'augmentation off': runs([75.0, 76.5, 77.0], 'a' * 40)}},
+            {'name': 'm (sp_alpha vanilla)', 'epochs': 10,
+             'runs': {'default': runs([80.0, 81.0, 79.5], 'b' * 40),
+                      'augmentation off': runs([80.2, 80.4, 80.0], 'b' * 40)}}]
+    args = argparse.Namespace(epochs=[4, 10], seeds=[0, 1, 2], train_samples=8000, val_samples=2000)
+    from spsearch.provenance import provenance
+    text = tool.render(rows, args, provenance())
+    verdicts = [line for line in text.splitlines() if line.endswith(' off |')]
+    assert len(verdicts) == 2
+    assert '| 4 |' in verdicts[0] and 'default loses off' in verdicts[0]
+    assert '| 10 |' in verdicts[1] and 'default matches off' in verdicts[1]
+    assert '`aaaaaaa`, `bbbbbbb`' in text
