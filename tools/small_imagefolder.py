@@ -9,7 +9,7 @@ the defaults. The report gives, per training length, each variant's final top-1 
 interval) and the paired difference default - off with its verdict (``spsearch.search.stats.compare``):
 augmentation is a regulariser, so whether it pays depends on how long the run trains.
 
-Usage: ``python tools/small_imagefolder.py [--epochs 4 8] [--seeds 0 1 2] [--models sp_resnet20:vanilla]``
+Usage: ``python tools/small_imagefolder.py [--epochs 4 8 30] [--seeds 0 1 2] [--models sp_resnet20:vanilla]``
 
 Each run is one ``train.py`` subprocess in its own folder, resumed (``--resume``) or reused when finished,
 so an interrupted table continues where it stopped.
@@ -31,6 +31,7 @@ from spsearch.cli import run_cli  # noqa: E402
 from spsearch.io import atomic_write_text  # noqa: E402
 from spsearch.provenance import markdown_header, provenance  # noqa: E402
 from spsearch.search.stats import compare, estimate  # noqa: E402
+from spsearch.train import TrainConfig  # noqa: E402
 
 VARIANTS = {'default': [], 'augmentation off': ['--no-augment']}
 """Variant label -> the train.py flags that make it (beyond the shared ones)."""
@@ -87,8 +88,9 @@ def render(rows: list[dict[str, Any]], args: argparse.Namespace, prov: dict[str,
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    parser.add_argument('--epochs', type=int, nargs='+', default=[4, 8],
-                        help='training lengths; each gets its own paired table rows')
+    parser.add_argument('--epochs', type=int, nargs='+', default=[4, 8, TrainConfig().epochs],
+                        help="training lengths; each gets its own paired table rows (default: 4, 8 and train.py's "
+                             'default length)')
     parser.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2])
     parser.add_argument('--models', nargs='+', default=['sp_resnet20:vanilla'], metavar='MODEL:ALPHA',
                         help='timm model and its sp_alpha, e.g. sp_resnet20:1/2')
@@ -98,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--report', default='results/small_imagefolder.md')
     args = parser.parse_args(argv)
     if min(args.epochs) < 1:
-        parser.error('--epochs must be >= 1, e.g. --epochs 4 8')
+        parser.error('--epochs must be >= 1, e.g. --epochs 4 8 30')
     if len(set(args.seeds)) < 2:
         parser.error('--seeds needs >= 2 distinct seeds for an interval, e.g. 0 1 2')
     prov = provenance()
