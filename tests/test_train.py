@@ -274,19 +274,21 @@ def test_existing_run_is_not_overwritten_without_resume(tmp_path, capsys):
 def test_resume_with_another_thread_count_says_it_is_not_bit_identical(tmp_path, capsys):
     """Threads change float sums' last bits: a resume with another count continues but says so, naming the fix."""
     out = tmp_path / 'run'
-    argv = cli_args(dict(model='sp_resnet20', dataset='synthetic', img_size=16, train_samples=64, val_samples=32,
-                         batch_size=32, epochs=2, progress=False)) + ['--output', str(out)]
+
+    def argv(epochs: int) -> list[str]:
+        return cli_args(dict(model='sp_resnet20', dataset='synthetic', img_size=16, train_samples=64, val_samples=32,
+                             batch_size=32, epochs=epochs, progress=False)) + ['--output', str(out)]
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        assert run_main(argv[:argv.index('--epochs') + 1] + ['1'] + argv[argv.index('--epochs') + 2:], capsys)[0] == 0
+        assert run_main(argv(1), capsys)[0] == 0
         assert load_checkpoint(out / 'last.pth')['torch_threads'] == 1
         with warnings.catch_warnings(record=True) as same:
             warnings.simplefilter('always')
-            code = run_main(argv + ['--resume'], capsys)[0]
+            code = run_main(argv(2) + ['--resume'], capsys)[0]
         torch.set_num_threads(2)
         with pytest.warns(UserWarning, match='the run used 1 torch threads and this process has 2') as other:
-            code2 = run_main(argv + ['--resume', '--epochs', '3'], capsys)[0]
+            code2 = run_main(argv(3) + ['--resume'], capsys)[0]
     finally:
         torch.set_num_threads(threads)
     assert code == 0 and not [w for w in same if 'threads' in str(w.message)]

@@ -55,7 +55,8 @@ def run_one(model: str, alpha: str, flags: list[str], seed: int, epochs: int, da
 
 
 def render(rows: list[dict[str, Any]], args: argparse.Namespace, prov: dict[str, Any]) -> str:
-    epochs = ' and '.join(f'**{e}**' for e in args.epochs)
+    bold = [f'**{e}**' for e in args.epochs]
+    epochs = ' and '.join([', '.join(bold[:-1]), bold[-1]] if len(bold) > 1 else bold)
     lines = [markdown_header('Small-image ImageFolder: default augmentation vs none', prov), '',
              f'A real ImageFolder of 28x28 greyscale PNGs: a seeded Fashion-MNIST subset ({args.train_samples:,} '
              f'training / {args.val_samples:,} validation images, export seed 0) written out by '
