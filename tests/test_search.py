@@ -741,3 +741,38 @@ def test_report_with_output_alone_opens_the_one_study_there(tiny_study, capsys):
     code = run_cli(lambda: search_cli.main(['report', '--output', cfg.output_dir]))
     out = capsys.readouterr().out
     assert code == 0 and f"study {run.study.study_name!r}" in out, out
+
+
+def test_a_cancelled_trial_leaves_one_line_not_optunas_traceback():
+    """A worker that loses the race for the last slot cancels its trial (``catch=(Cancelled,)``); Optuna would log a
+    traceback and "failed with value None" for it. The search's log filter drops both, and only those: another
+    caught failure still gets Optuna's full report."""
+    import io
+    import logging
+
+    import spsearch.search.run as run_module
+    from spsearch.search.objective import Cancelled
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    run_module._quiet_interrupts()
+    handlers = [h for h in logging.getLogger('optuna').handlers if isinstance(h, logging.StreamHandler)]
+    assert handlers, "Optuna's own handler is where the filter goes"
+    stream = io.StringIO()
+    old = [h.setStream(stream) for h in handlers]
+
+    def objective(trial: optuna.Trial) -> float:
+        trial.suggest_int('x', 0, 3)
+        if trial.number == 1:
+            raise Cancelled
+        if trial.number == 2:
+            raise ValueError('a real failure')
+        return 1.0
+
+    try:
+        optuna.create_study().optimize(objective, n_trials=3, catch=(Cancelled, ValueError))
+    finally:
+        for h, s in zip(handlers, old, strict=True):
+            h.setStream(s)
+    text = stream.getvalue()
+    assert 'Trial 1 ' not in text and 'Cancelled' not in text, text
+    assert 'Trial 2 failed' in text and "ValueError('a real failure')" in text and 'Traceback' in text, text

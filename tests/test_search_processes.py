@@ -19,6 +19,7 @@ from types import SimpleNamespace
 
 import optuna
 import pytest
+import sqlalchemy
 from optuna.trial import TrialState
 
 from spsearch.search.record import TrialRecord
@@ -45,6 +46,20 @@ def _load(storage: str, output: Path, study: str) -> optuna.Study:
     return optuna.load_study(study_name=study, storage=open_storage(StorageSpec(storage, output)))
 
 
+def _peek(db: Path, study: str) -> list[optuna.trial.FrozenTrial]:
+    """The trials of ``study`` in the SQLite file ``db`` that a search is writing; [] until it has created them.
+
+    Read-only (``mode=ro``): a plain ``load_study`` creates missing tables, racing the search's own creation
+    ("table study_directions already exists" in either process)."""
+    if not db.exists():
+        return []
+    try:
+        storage = optuna.storages.RDBStorage(f'sqlite:///file:{db}?mode=ro&uri=true')
+        return optuna.load_study(study_name=study, storage=storage).get_trials()
+    except (KeyError, optuna.exceptions.StorageInternalError, sqlalchemy.exc.OperationalError):
+        return []  # no study yet, or the schema is half-created ("attempt to write a readonly database")
+
+
 def _signal_inside_a_training(args: list[str], out: Path, study: str, sig: int) -> tuple[optuna.trial.FrozenTrial,
                                                                                          int, str]:
     """Start ``search.py args``, send ``sig`` while trial 1 or later proxy-trains; (that trial, exit code, stderr)."""
@@ -54,12 +69,7 @@ def _signal_inside_a_training(args: list[str], out: Path, study: str, sig: int) 
     try:
         while time.time() < deadline and proc.poll() is None:
             time.sleep(0.5)
-            if not (out / 'study.db').exists():
-                continue
-            try:
-                trials = optuna.load_study(study_name=study, storage=f'sqlite:///{out}/study.db').get_trials()
-            except (KeyError, optuna.exceptions.StorageInternalError):
-                continue
+            trials = _peek(out / 'study.db', study)
             running = [t for t in trials if t.state == TrialState.RUNNING and t.number >= 1 and 'gmacs' in t.user_attrs]
             if running:
                 time.sleep(1.0)  # inside the proxy training

@@ -133,6 +133,9 @@ class Objective:
         ahead = sum(1 for t in trials if t.state == TrialState.RUNNING and t.number < trial.number)
         if finished + ahead + waiting + 1 > self.cfg.n_trials:
             record.update(trial, status='cancelled: the study already had enough trials in flight')
+            self.log(f'trial {trial.number}: cancelled before any work: the study already has {finished} finished '
+                     f'and {ahead + waiting} queued or running trial(s) of {self.cfg.n_trials} (another worker took '
+                     'the slot)')
             raise Cancelled
 
     def _record_constraints(self, trial: optuna.Trial, costs: Costs) -> list[str]:

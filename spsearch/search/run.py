@@ -106,32 +106,32 @@ def search(cfg: SearchConfig, *, accelerator: Any = None, log: Log | None = None
             opened.close()  # the output folder is free for the next command
 
 
-class _NoInterruptTraceback(logging.Filter):
-    """Drops Optuna's two records of a trial failed by Ctrl-C (a 25-line traceback, then "Trial N failed with
-    value None."): the CLI says it in one line."""
+class _QuietTrialFailures(logging.Filter):
+    """Drops Optuna's two records of a trial failed by Ctrl-C or cancelled by the slot check (a 25-line traceback,
+    then "Trial N failed with value None."): the CLI says each in one line of its own."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.interrupted: set[str] = set()
+        self.quieted: set[str] = set()
 
     def filter(self, record: logging.LogRecord) -> bool:
         error = record.exc_info[1] if record.exc_info else None
         text = record.getMessage()
         words = text.split()
         trial = words[1] if len(words) > 1 and words[0] == 'Trial' else ''
-        if isinstance(error, KeyboardInterrupt) or 'KeyboardInterrupt' in text:
-            self.interrupted.add(trial)
+        if isinstance(error, (KeyboardInterrupt, Cancelled)) or 'KeyboardInterrupt' in text:
+            self.quieted.add(trial)
             return False
-        if trial in self.interrupted and text.startswith(f'Trial {trial} failed with value'):
-            self.interrupted.discard(trial)
+        if trial in self.quieted and text.startswith(f'Trial {trial} failed with value'):
+            self.quieted.discard(trial)
             return False
         return True
 
 
 def _quiet_interrupts() -> None:
     for handler in logging.getLogger('optuna').handlers:  # Optuna's own handler sees its child loggers' records
-        if not any(isinstance(f, _NoInterruptTraceback) for f in handler.filters):
-            handler.addFilter(_NoInterruptTraceback())
+        if not any(isinstance(f, _QuietTrialFailures) for f in handler.filters):
+            handler.addFilter(_QuietTrialFailures())
 
 
 def _interrupted(opened: OpenStudy | None, when: str) -> Interrupted:
