@@ -754,7 +754,7 @@ def test_a_cancelled_trial_leaves_one_line_not_optunas_traceback():
     from spsearch.search.objective import Cancelled
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    run_module._quiet_interrupts()
+    run_module._quiet_trial_failures()
     handlers = [h for h in logging.getLogger('optuna').handlers if isinstance(h, logging.StreamHandler)]
     assert handlers, "Optuna's own handler is where the filter goes"
     stream = io.StringIO()

@@ -68,7 +68,7 @@ def search(cfg: SearchConfig, *, accelerator: Any = None, log: Log | None = None
     if cfg.retrain_top > 0:
         tracker_names(cfg.train.log_with, cfg.output_dir)  # the retrains' trackers, checked before the search
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the objective prints its own line per trial
-    _quiet_interrupts()
+    _quiet_trial_failures()
     group = ProcessGroup(accelerator if accelerator is not None else make_accelerator(cfg.proxy_train_config()))
     if not group.is_main:
         group.follow(log=lambda s: None)  # only the main process prints (DDP checks every rank trains the same model)
@@ -128,7 +128,7 @@ class _QuietTrialFailures(logging.Filter):
         return True
 
 
-def _quiet_interrupts() -> None:
+def _quiet_trial_failures() -> None:
     for handler in logging.getLogger('optuna').handlers:  # Optuna's own handler sees its child loggers' records
         if not any(isinstance(f, _QuietTrialFailures) for f in handler.filters):
             handler.addFilter(_QuietTrialFailures())
